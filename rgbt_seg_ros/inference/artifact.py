@@ -1,0 +1,138 @@
+"""Self-describing model files: safetensors weights + a JSON model card in the file's metadata.
+
+The card carries everything the node and the replay tool need (network, variant, modality, classes,
+palette, input size, normalisation, dataset), so no parameter file can disagree with the weights.
+Loading reads tensors with safetensors only: nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from rgbt_seg_ros.errors import RgbtSegError
+
+CARD_KEY = "rgbt_seg_ros.card"
+FORMAT_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelFileError(RgbtSegError):
+    """A model file is missing, unreadable, or its card is incomplete."""
+
+
+@dataclass
+class ModelCard:
+    network: str
+    num_classes: int
+    class_names: list[str]
+    palette: list[list[int]]  # one RGB triple per class
+    variant: str | None = None
+    modality: str = "thermal"  # "thermal" | "depth"
+    aux_channels: int = 1
+    input_size: tuple[int, int] = (480, 640)  # network input (height, width)
+    rgb_mean: tuple[float, ...] = IMAGENET_MEAN  # applied to RGB scaled to [0, 1]
+    rgb_std: tuple[float, ...] = IMAGENET_STD
+    aux_mean: tuple[float, ...] = (0.5,)  # applied to the aux image after the pipeline maps it to [0, 1]
+    aux_std: tuple[float, ...] = (0.25,)
+    dataset: str = ""
+    supports_rgb_only: bool = False  # trained with modality dropout: usable when the aux stream is lost
+    trained: bool = True
+    metrics: dict = field(default_factory=dict)  # e.g. {"mIoU": 0.81, "split": "synthetic-val"}
+    notes: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if len(self.class_names) != self.num_classes:
+            raise ModelFileError(f"model card: {len(self.class_names)} class_names for num_classes={self.num_classes}")
+        if len(self.palette) != self.num_classes:
+            raise ModelFileError(f"model card: {len(self.palette)} palette entries for num_classes={self.num_classes}")
+        self.input_size = tuple(int(v) for v in self.input_size)
+        for name in ("rgb_mean", "rgb_std", "aux_mean", "aux_std"):
+            setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model card") -> "ModelCard":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelFileError(f"{source}: card is not valid JSON ({exc})") from None
+        known = {f.name for f in fields(cls)}
+        missing = [f.name for f in fields(cls) if f.name in ("network", "num_classes", "class_names", "palette")
+                   and f.name not in data]
+        if missing:
+            raise ModelFileError(f"{source}: card lacks {', '.join(missing)}")
+        if int(data.get("format_version", 1)) > FORMAT_VERSION:
+            raise ModelFileError(f"{source}: card format {data['format_version']} is newer than this package reads "
+                                 f"({FORMAT_VERSION}); upgrade rgbt_seg_ros")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], card: ModelCard,
+               dtype: torch.dtype | None = None) -> Path:
+    """Write weights + card. ``dtype`` (e.g. torch.float16) shrinks floating weights on disk."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {}
+    for k, v in state_dict.items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    save_file(tensors, str(tmp), metadata={CARD_KEY: card.to_json()})
+    tmp.replace(path)  # atomic: a crash never leaves a half-written model under the real name
+    return path
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """Read only the card of a .safetensors or .onnx model file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    if path.suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+        if CARD_KEY not in props:
+            raise ModelFileError(f"{path}: ONNX file has no '{CARD_KEY}' metadata; export it with `rgbt-seg export`")
+        return ModelCard.from_json(props[CARD_KEY], str(path))
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise ModelFileError(f"{path}: not a readable safetensors file ({exc})") from None
+    if CARD_KEY not in meta:
+        raise ModelFileError(f"{path}: safetensors file has no '{CARD_KEY}' metadata; it was not written by rgbt-seg")
+    return ModelCard.from_json(meta[CARD_KEY], str(path))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelCard]:
+    """Build the card's network (no hub download) and load the weights strictly, in fp32, eval mode."""
+    from safetensors.torch import load_file
+
+    from rgbt_seg_ros.networks import create_network
+
+    path = Path(path)
+    card = read_card(path)
+    net = create_network(card.network, card.num_classes, modality=card.modality, variant=card.variant,
+                         pretrained=False, aux_channels=card.aux_channels)
+    state = load_file(str(path), device="cpu")
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelFileError(f"{path}: weights do not fit network {card.network}/{card.variant}: {first}") from None
+    return net.to(device).eval(), card
