@@ -1,0 +1,62 @@
+"""onnxruntime backend: TensorRT (fp16, engine cache), CUDA or CPU execution providers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.inference.artifact import read_card
+
+
+def choose_providers(device: str, precision: str, cache_dir: Path) -> list:
+    """Execution providers in order of preference for ``device`` ("cpu", "cuda", "cuda:N")."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if not device.startswith("cuda"):
+        raise RgbtSegError(f"parameter device: {device!r} is not 'cpu' or 'cuda[:N]'")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    providers: list = []
+    if "TensorrtExecutionProvider" in available:
+        providers.append(("TensorrtExecutionProvider", {
+            "device_id": index,
+            "trt_fp16_enable": precision == "fp16",
+            "trt_engine_cache_enable": True,  # building an engine takes minutes; reuse it across runs
+            "trt_engine_cache_path": str(cache_dir),
+        }))
+    if "CUDAExecutionProvider" in available:
+        providers.append(("CUDAExecutionProvider", {"device_id": index}))
+    if not providers:
+        raise RgbtSegError(f"parameter device: {device!r} asked for, but this onnxruntime has only "
+                           f"{', '.join(sorted(available))} (install onnxruntime-gpu)")
+    return providers + ["CPUExecutionProvider"]
+
+
+class OnnxBackend:
+    def __init__(self, path: str | Path, device: str = "cpu", precision: str = "fp32", threads: int = 0):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if path.suffix != ".onnx":
+            raise RgbtSegError(f"parameter backend: onnxruntime needs an .onnx file (got {path}); "
+                               f"make one with `rgbt-seg export {path}`")
+        if precision not in ("fp32", "fp16"):
+            raise RgbtSegError(f"parameter precision: onnxruntime runs fp32, or fp16 through TensorRT; got {precision!r}")
+        self.card = read_card(path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = choose_providers(device, precision, path.parent / ".trt_cache")
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.name = f"onnxruntime-{self.session.get_providers()[0].replace('ExecutionProvider', '')}-{precision}"
+
+    def infer(self, rgb: np.ndarray, aux: np.ndarray | None) -> np.ndarray:
+        if aux is None:
+            n, _, h, w = rgb.shape
+            aux = np.zeros((n, self.card.aux_channels, h, w), np.float32)
+        feeds = {"rgb": np.ascontiguousarray(rgb, np.float32), "aux": np.ascontiguousarray(aux, np.float32)}
+        return self.session.run(["logits"], feeds)[0]

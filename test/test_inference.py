@@ -1,0 +1,112 @@
+"""Model files, ONNX export and the two backends, on real (small) networks."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.inference import create_backend
+from rgbt_seg_ros.inference.artifact import ModelCard, ModelFileError, load_model, read_card, save_model
+from rgbt_seg_ros.inference.export import export_onnx
+from rgbt_seg_ros.inference.onnx_backend import OnnxBackend
+from rgbt_seg_ros.inference.torch_backend import TorchBackend
+from rgbt_seg_ros.networks import create_network, get_network_spec
+
+
+class TinyFusion(torch.nn.Module):
+    """A real (if small) fusion net: conv over the concatenated inputs, bilinear upsampling back."""
+
+    def __init__(self, k=4, aux_channels=1):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3 + aux_channels, 8, 3, stride=2, padding=1),
+                                        torch.nn.ReLU(), torch.nn.Conv2d(8, k, 1))
+
+    def forward(self, rgb, aux):
+        y = self.body(torch.cat([rgb, aux], 1))
+        return torch.nn.functional.interpolate(y, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _card(k=4, **kw):
+    return ModelCard(network="fusion_baseline", num_classes=k, class_names=[f"c{i}" for i in range(k)],
+                     palette=[[i * 40, 0, 0] for i in range(k)], input_size=(48, 64), **kw)
+
+
+def test_card_json_round_trip_and_validation():
+    card = _card(dataset="synthetic", supports_rgb_only=True, metrics={"mIoU": 0.5})
+    again = ModelCard.from_json(card.to_json())
+    assert again == card
+    with pytest.raises(ModelFileError, match="class_names"):
+        ModelCard(network="x", num_classes=3, class_names=["a"], palette=[[0, 0, 0]] * 3)
+    with pytest.raises(ModelFileError, match="lacks network"):
+        ModelCard.from_json('{"num_classes": 2, "class_names": ["a", "b"], "palette": [[0,0,0],[1,1,1]]}')
+
+
+def test_read_card_rejects_foreign_files_without_unpickling(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ModelFileError, match="not a readable safetensors"):
+        read_card(bad)
+    with pytest.raises(ModelFileError):
+        load_model(bad)
+    assert not marker.exists()
+    with pytest.raises(ModelFileError, match="does not exist"):
+        create_backend(tmp_path / "missing.safetensors")
+
+
+def test_export_parity_card_and_onnx_backend(tmp_path):
+    torch.manual_seed(0)
+    net = TinyFusion().eval()
+    card = _card()
+    report = export_onnx(net, card, tmp_path / "tiny.onnx")
+    assert report.max_abs_diff <= 1e-3 and len(report.checked_hw) == 2
+    assert read_card(tmp_path / "tiny.onnx") == card
+    ort_backend = OnnxBackend(tmp_path / "tiny.onnx")
+    torch_backend = TorchBackend(net, card)
+    rng = np.random.default_rng(1)
+    rgb = rng.standard_normal((2, 3, 40, 56)).astype(np.float32)  # another batch and size: dynamic axes
+    aux = rng.standard_normal((2, 1, 40, 56)).astype(np.float32)
+    np.testing.assert_allclose(ort_backend.infer(rgb, aux), torch_backend.infer(rgb, aux), atol=1e-4)
+    # RGB-only: both backends feed zeros for the lost modality
+    np.testing.assert_allclose(ort_backend.infer(rgb, None), torch_backend.infer(rgb, np.zeros_like(aux)), atol=1e-4)
+    with pytest.raises(RgbtSegError, match="opset"):
+        export_onnx(net, card, tmp_path / "old.onnx", opset=16)
+    assert not (tmp_path / "old.onnx").exists()
+
+
+def test_export_refuses_a_graph_that_does_not_match(tmp_path):
+    class Dropouty(TinyFusion):
+        def forward(self, rgb, aux):  # differs between the traced call and every later one
+            return super().forward(rgb, aux) + torch.rand(1)
+
+    with pytest.raises(RgbtSegError, match="differs from torch"):
+        export_onnx(Dropouty().eval(), _card(), tmp_path / "bad.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_registry_model_file_round_trip(tmp_path):
+    spec = get_network_spec("fusion_baseline")
+    net = create_network("fusion_baseline", 6, variant=spec.smallest_variant).eval()
+    card = _card(k=6)
+    card.variant = spec.smallest_variant
+    path = save_model(tmp_path / "m.safetensors", net.state_dict(), card, dtype=torch.float16)
+    backend = create_backend(path)
+    assert backend.card == card and backend.name == "torch-cpu-fp32"
+    rgb = np.random.default_rng(0).standard_normal((1, 3, 64, 80)).astype(np.float32)
+    out = backend.infer(rgb, None)
+    assert out.shape == (1, 6, 64, 80) and np.isfinite(out).all()
+    # the card names the network; weights of another variant must not load silently
+    other = [v for v in spec.variants if v != spec.smallest_variant]
+    if other:
+        card.variant = other[0]
+        save_model(tmp_path / "wrong.safetensors", net.state_dict(), card)
+        with pytest.raises(ModelFileError, match="do not fit"):
+            load_model(tmp_path / "wrong.safetensors")
