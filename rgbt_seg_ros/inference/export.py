@@ -34,7 +34,7 @@ def _to_onnx_bytes(network: torch.nn.Module, rgb: torch.Tensor, aux: torch.Tenso
     # torch >= 2.9 flags it as legacy, which is noise for our users.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(network, (rgb, aux), buffer, input_names=["rgb", "aux"], output_names=["logits"],
+        torch.onnx.export(network, (rgb, aux), buffer, input_names=["rgb", "aux"], output_names=["logits"],
                           opset_version=opset, dynamic_axes=dynamic_axes, dynamo=False, do_constant_folding=True)
     return buffer.getvalue()
 
