@@ -7,8 +7,8 @@
 * :class:`ConvBNAct`, :class:`SqueezeExcite`, :class:`ChannelAttention`, :class:`SpatialAttention`,
   :class:`PPM`, :class:`ASPP`, :class:`FAM` (semantic-flow alignment) and :func:`flow_warp`, :class:`FPNDecoder`.
 
-Everything here exports to ONNX (opset 17) with dynamic batch and spatial axes, except :class:`PPM`
-whose adaptive pooling to fixed bins needs a static spatial size under the TorchScript exporter.
+Everything here exports to ONNX (opset 17) with dynamic batch and spatial axes (see
+:func:`adaptive_avg_pool` for why PPM does not call ``F.adaptive_avg_pool2d``).
 """
 from __future__ import annotations
 
@@ -173,11 +173,31 @@ class SpatialAttention(nn.Module):
         return torch.sigmoid(self.conv(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)))
 
 
-class PPM(nn.Module):
-    """Pyramid pooling (PSPNet): adaptive average pools at ``bins``, 1×1 convs, upsample, concat, 3×3 fuse.
+def _bin_matrix(size, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """bins×size averaging matrix with PyTorch's adaptive-pool bin edges: [floor(i·n/b), ceil((i+1)·n/b))."""
+    i = torch.arange(bins, device=like.device)
+    start = i * size // bins
+    end = ((i + 1) * size + bins - 1) // bins
+    pos = torch.arange(size, device=like.device)
+    inside = (pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
 
-    Adaptive pooling to bins > 1 exports to ONNX only with a static spatial size (TorchScript exporter).
+
+def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, bins)`` as two small matrix products.
+
+    Same numbers, but it exports to ONNX with a dynamic spatial size: the TorchScript exporter cannot
+    export adaptive pooling to bins > 1 unless H×W is static.
     """
+    if bins == 1:
+        return x.mean((2, 3), keepdim=True)
+    rows = _bin_matrix(x.shape[-2], bins, x)
+    cols = _bin_matrix(x.shape[-1], bins, x)
+    return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
+
+
+class PPM(nn.Module):
+    """Pyramid pooling (PSPNet): adaptive average pools at ``bins``, 1×1 convs, upsample, concat, 3×3 fuse."""
 
     def __init__(self, in_ch: int, out_ch: int, bins: Sequence[int] = (1, 2, 3, 6)):
         super().__init__()
@@ -187,7 +207,7 @@ class PPM(nn.Module):
         self.fuse = ConvBNAct(in_ch + branch_ch * len(self.bins), out_ch, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = [resize_to(branch(F.adaptive_avg_pool2d(x, b)), x) for b, branch in zip(self.bins, self.branches)]
+        pooled = [resize_to(branch(adaptive_avg_pool(x, b)), x) for b, branch in zip(self.bins, self.branches)]
         return self.fuse(torch.cat([x, *pooled], 1))
 
 
