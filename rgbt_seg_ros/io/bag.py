@@ -1,0 +1,347 @@
+"""rosbag2 (sqlite3, mcap) and ROS 1 bag reading, and atomic rosbag2 writing, through ``rosbags``.
+
+* ``BagReader``: topics with types and counts, time-ordered raw messages, deserialisation, and the CDR
+  bytes + ROS 2 definition to copy each input message into a rosbag2 (verbatim for rosbag2 inputs,
+  converted byte-level by rosbags for ROS 1 inputs).
+* ``BagWriter``: writes into a temporary sibling folder and renames it into place only when the bag
+  is complete; on any error or Ctrl-C the temporary folder is removed. It never overwrites without
+  ``force`` and refuses to write over the input.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from rosbags.highlevel import AnyReader
+from rosbags.interfaces import Connection, MessageDefinitionFormat, Nodetype
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.store import Typestore
+
+from rgbt_seg_ros.errors import RgbtSegError
+
+# Definitions used for rosbag2 files that carry none (written before Iron) and for output types.
+DEFAULT_ROS2_STORE = Stores.ROS2_HUMBLE
+# rosbag2 metadata version 8 (Jazzy); rosbags 0.11 writes 8 or 9, and 8 is read by more ros2 bag releases.
+ROSBAG2_VERSION = 8
+STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+SEGMENTATION_INFO = "rgbt_seg_ros/msg/SegmentationInfo"
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+@lru_cache(maxsize=1)
+def _segmentation_info_types() -> dict:
+    path = Path(__file__).resolve().parents[1] / "msg" / "SegmentationInfo.msg"
+    return get_types_from_msg(path.read_text(encoding="utf-8"), SEGMENTATION_INFO)
+
+
+def output_typestore() -> Typestore:
+    """ROS 2 standard types plus the package's own ``rgbt_seg_ros/msg/SegmentationInfo``."""
+    store = get_typestore(DEFAULT_ROS2_STORE)
+    store.register(_segmentation_info_types())
+    return store
+
+
+def _same_wire_format(src: Typestore, dst: Typestore, src_type: str, dst_type: str) -> bool:
+    """True when both definitions serialise identically (field names may differ, e.g. ROS 1 ``K`` vs ``k``).
+
+    ``std_msgs/msg/Header`` counts as equal: rosbags' ROS 1 → CDR conversion drops ``seq`` itself.
+    """
+    if src_type == dst_type == "std_msgs/msg/Header":
+        return True
+    if src_type not in src.fielddefs or dst_type not in dst.fielddefs:
+        return False
+    a, b = src.fielddefs[src_type][1], dst.fielddefs[dst_type][1]
+    if len(a) != len(b):
+        return False
+    for (_, fa), (_, fb) in zip(a, b):
+        if fa[0] != fb[0]:
+            return False
+        if fa[0] in (Nodetype.ARRAY, Nodetype.SEQUENCE):
+            (ea, na), (eb, nb) = fa[1], fb[1]
+            if na != nb:
+                return False
+            fa, fb = ea, eb
+            if fa[0] != fb[0]:
+                return False
+        if fa[0] == Nodetype.NAME:
+            if not _same_wire_format(src, dst, fa[1], fb[1]):
+                return False
+        elif fa != fb:
+            return False
+    return True
+
+
+@dataclass
+class TopicSummary:
+    name: str
+    msgtype: str
+    count: int
+
+
+@dataclass
+class BagMessage:
+    topic: str
+    msgtype: str
+    log_time: int  # ns, the bag's receive time
+    raw: bytes | memoryview
+    connection: Connection
+
+
+class BagReader:
+    """A rosbag2 folder (sqlite3 or mcap) or a ROS 1 ``.bag`` file, opened as a context manager."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._reader: AnyReader | None = None
+        self._out_store: Typestore | None = None
+        self._converters: dict[str, Any] = {}
+
+    # -- opening -------------------------------------------------------------------------------------
+    def __enter__(self) -> "BagReader":
+        if not self.path.exists():
+            raise RgbtSegError(f"bag {self.path} does not exist")
+        bag_path = self.path
+        if self.path.is_file() and self.path.suffix in (".mcap", ".db3"):
+            bag_path = self.path.parent  # a rosbag2 storage file given instead of its folder
+        try:
+            reader = AnyReader([bag_path], default_typestore=get_typestore(DEFAULT_ROS2_STORE))
+            reader.open()
+        except FileNotFoundError as exc:
+            raise RgbtSegError(f"bag {self.path}: not a rosbag2 folder or ROS 1 bag ({_first_line(exc)})") from None
+        except Exception as exc:  # rosbags raises several reader/typesys errors for damaged files
+            raise RgbtSegError(f"bag {self.path}: corrupt or unreadable ({_first_line(exc)})") from None
+        self._reader = reader
+        if reader.message_count == 0:
+            reader.close()
+            self._reader = None
+            raise RgbtSegError(f"bag {self.path} is empty: it holds no messages")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    @property
+    def reader(self) -> AnyReader:
+        if self._reader is None:
+            raise RgbtSegError(f"bag {self.path} is not open")
+        return self._reader
+
+    @property
+    def is_ros1(self) -> bool:
+        return not self.reader.is2
+
+    # -- topics --------------------------------------------------------------------------------------
+    @property
+    def topics(self) -> dict[str, TopicSummary]:
+        return {name: TopicSummary(name, info.msgtype or "(mixed types)", info.msgcount)
+                for name, info in self.reader.topics.items()}
+
+    def describe(self) -> str:
+        return ", ".join(f"{t.name} [{t.msgtype}, {t.count}]" for t in self.topics.values())
+
+    def require_topic(self, topic: str, msgtypes: Iterable[str] = (), role: str = "topic") -> str:
+        """The topic's message type; a one-line error naming the topic and listing the bag's topics otherwise."""
+        topics = self.topics
+        if topic not in topics:
+            raise RgbtSegError(f"{role} {topic}: not in bag {self.path}; the bag has {self.describe()}")
+        msgtypes = tuple(msgtypes)
+        if msgtypes and topics[topic].msgtype not in msgtypes:
+            raise RgbtSegError(f"{role} {topic}: has type {topics[topic].msgtype}, expected "
+                               f"{' or '.join(msgtypes)}")
+        if topics[topic].count == 0:
+            raise RgbtSegError(f"{role} {topic}: has no messages in bag {self.path}")
+        return topics[topic].msgtype
+
+    # -- messages ------------------------------------------------------------------------------------
+    def messages(self, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
+        """Raw messages in log-time order; a damaged file ends in a one-line error, not a traceback."""
+        reader = self.reader
+        conns = reader.connections if topics is None else [c for c in reader.connections if c.topic in set(topics)]
+        it = reader.messages(conns)
+        while True:
+            try:
+                conn, log_time, raw = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:  # storage-level damage discovered mid-file
+                raise RgbtSegError(f"bag {self.path}: corrupt or truncated ({_first_line(exc)})") from None
+            yield BagMessage(conn.topic, conn.msgtype, log_time, raw, conn)
+
+    def deserialize(self, msg: BagMessage) -> Any:
+        try:
+            return self.reader.deserialize(msg.raw, msg.msgtype)
+        except Exception as exc:
+            raise RgbtSegError(f"topic {msg.topic}: cannot decode {msg.msgtype} message "
+                               f"at t={msg.log_time} ns ({_first_line(exc)})") from None
+
+    def deserialize_ros2(self, msg: BagMessage) -> Any:
+        """Like ``deserialize`` but always with ROS 2 field names (ROS 1 ``CameraInfo.K`` arrives as ``k``)."""
+        if self.reader.is2:
+            return self.deserialize(msg)
+        store = self._converters.get(msg.msgtype) or self._ros2_store_for(msg.msgtype)
+        self._converters[msg.msgtype] = store
+        try:
+            return store.deserialize_cdr(self.to_cdr(msg), msg.msgtype)
+        except RgbtSegError:
+            raise
+        except Exception as exc:
+            raise RgbtSegError(f"topic {msg.topic}: cannot decode {msg.msgtype} message "
+                               f"at t={msg.log_time} ns ({_first_line(exc)})") from None
+
+    # -- copying into a rosbag2 ----------------------------------------------------------------------
+    def ros2_definition(self, conn: Connection) -> tuple[str, str]:
+        """(msgdef, RIHS01 hash) to declare ``conn``'s type in a rosbag2 output."""
+        reader = self.reader
+        if reader.is2:
+            if conn.msgdef.format != MessageDefinitionFormat.NONE and conn.msgdef.data and conn.digest:
+                return conn.msgdef.data, conn.digest
+            return reader.typestore.generate_msgdef(conn.msgtype, ros_version=2)[0], \
+                reader.typestore.hash_rihs01(conn.msgtype)
+        store = self._ros2_store_for(conn.msgtype)
+        return store.generate_msgdef(conn.msgtype, ros_version=2)[0], store.hash_rihs01(conn.msgtype)
+
+    def _ros2_store_for(self, msgtype: str) -> Typestore:
+        """ROS 2 store that serialises ``msgtype``: the standard one when wire formats agree, else the
+        bag's own (ROS 1) definition with the ROS 2 Header."""
+        if self._out_store is None:
+            self._out_store = output_typestore()
+        store = self._out_store
+        if msgtype in store.fielddefs and _same_wire_format(self.reader.typestore, store, msgtype, msgtype):
+            return store
+        custom = get_typestore(Stores.EMPTY)
+        typs = dict(self.reader.typestore.fielddefs)
+        typs["std_msgs/msg/Header"] = store.fielddefs["std_msgs/msg/Header"]
+        typs.setdefault("builtin_interfaces/msg/Time", store.fielddefs["builtin_interfaces/msg/Time"])
+        custom.register(typs)
+        return custom
+
+    def to_cdr(self, msg: BagMessage) -> bytes | memoryview:
+        """The message's bytes as CDR: the stored bytes for rosbag2, rosbags' byte-level conversion for ROS 1."""
+        if self.reader.is2:
+            return msg.raw
+        store = self._converters.get(msg.msgtype)
+        if store is None:
+            store = self._converters[msg.msgtype] = self._ros2_store_for(msg.msgtype)
+        try:
+            return store.ros1_to_cdr(msg.raw, msg.msgtype)
+        except Exception as exc:
+            raise RgbtSegError(f"topic {msg.topic}: cannot convert ROS 1 {msg.msgtype} to CDR "
+                               f"({_first_line(exc)})") from None
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+class BagWriter:
+    """Atomic rosbag2 writer (mcap by default, or sqlite3).
+
+    ``with BagWriter(out, storage="mcap", force=False, protect=[in_bag]) as w: ...`` — the bag appears
+    at ``out`` only when the block finishes without an exception.
+    """
+
+    def __init__(self, path: str | Path, *, storage: str = "mcap", force: bool = False,
+                 protect: Iterable[str | Path] = ()):
+        if storage not in STORAGES:
+            raise RgbtSegError(f"storage {storage!r}: choose one of {', '.join(STORAGES)}")
+        self.path = Path(path)
+        self.storage = storage
+        self.force = force
+        self.protect = [Path(p) for p in protect]
+        self.typestore = output_typestore()
+        self._writer: Writer | None = None
+        self._tmpdir: Path | None = None
+        self._conns: dict[str, Connection] = {}
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> "BagWriter":
+        for p in self.protect:
+            if _overlaps(self.path, p):
+                raise RgbtSegError(f"output {self.path}: overlaps input {p}; choose another output path")
+        if self.path.exists() and not self.force:
+            raise RgbtSegError(f"output {self.path} exists; pass --force to overwrite it")
+        parent = self.path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            # A sibling folder on the same file system, so the final rename is atomic.
+            self._tmpdir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=parent))
+            # The bag keeps its final name inside the temporary folder (rosbags names the storage file after it).
+            self._writer = Writer(self._tmpdir / self.path.name, version=ROSBAG2_VERSION,
+                                  storage_plugin=STORAGES[self.storage])
+            self._writer.open()
+        except OSError as exc:
+            self._cleanup()
+            raise RgbtSegError(f"output {self.path}: cannot create ({exc.strerror or exc})") from None
+        return self
+
+    def add_connection(self, topic: str, msgtype: str, msgdef: str | None = None, rihs01: str | None = None,
+                       ) -> Connection:
+        """Declare a topic once; standard and package types come from the output typestore."""
+        if topic in self._conns:
+            return self._conns[topic]
+        assert self._writer is not None, "BagWriter used outside its with-block"
+        if msgdef is not None and rihs01 is not None:
+            conn = self._writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01=rihs01)
+        else:
+            if msgtype not in self.typestore.fielddefs:
+                raise RgbtSegError(f"topic {topic}: message type {msgtype} is unknown to the output typestore")
+            conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
+        self._conns[topic] = conn
+        self.counts[topic] = 0
+        return conn
+
+    def write_raw(self, topic: str, log_time: int, data: bytes | memoryview) -> None:
+        self._writer.write(self._conns[topic], int(log_time), data)
+        self.counts[topic] += 1
+
+    def write(self, topic: str, log_time: int, msg: Any, msgtype: str) -> None:
+        """Serialise ``msg`` (a class from ``self.typestore.types``) as CDR and write it."""
+        self.add_connection(topic, msgtype)
+        self.write_raw(topic, log_time, self.typestore.serialize_cdr(msg, msgtype))
+
+    def msg_class(self, msgtype: str) -> Any:
+        return self.typestore.types[msgtype]
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        writer, self._writer = self._writer, None
+        if exc_type is not None:
+            if writer is not None:
+                try:
+                    writer.abort()
+                except Exception:
+                    pass  # the folder is removed below either way
+            self._cleanup()
+            return
+        try:
+            writer.close()
+            built = self._tmpdir / self.path.name
+            if self.path.exists():
+                # --force: move the old output aside first, so a failure never leaves neither bag.
+                old = self._tmpdir / (self.path.name + ".old")
+                os.replace(self.path, old)
+            os.replace(built, self.path)
+        except BaseException:
+            self._cleanup()
+            raise
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None

@@ -1,0 +1,229 @@
+"""Bag reading (rosbag2 mcap/sqlite3, ROS 1) and atomic rosbag2 writing through rosbags."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag1 import Writer as Ros1Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.io.bag import SEGMENTATION_INFO, BagReader, BagWriter, output_typestore
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FIDUCIALS = DATA / "fiducials-ros1-bags" / "aruco_images.bag"
+FIXTURE = DATA / "rosbags-rs-format-fixture"
+
+
+def _need(path: Path) -> None:
+    if not path.exists():
+        pytest.skip(f"shared data absent: {path}")
+
+
+def _tree_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _mcap_ros2(path: Path) -> list:
+    """(schema, channel, message, decoded) with Foxglove's independent ROS 2 decoder."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    with open(path, "rb") as f:
+        return list(make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages())
+
+
+def test_ros1_bag_topics_and_counts():
+    _need(FIDUCIALS)
+    with BagReader(FIDUCIALS) as bag:
+        topics = bag.topics
+        assert bag.is_ros1
+        assert topics["/raspicam_node/camera_info"].count == 15
+        assert topics["/raspicam_node/image/compressed"].msgtype == "sensor_msgs/msg/CompressedImage"
+        stamps = [m.log_time for m in bag.messages()]
+    assert len(stamps) == 16 and stamps == sorted(stamps)
+
+
+@pytest.mark.parametrize("storage", ["test_bag_mcap", "test_bag_sqlite3"])
+def test_rosbag2_fixture_topics(storage):
+    _need(FIXTURE)
+    with BagReader(FIXTURE / storage) as bag:
+        assert bag.topics["/test/sensor_msgs/image"].count == 2
+        assert bag.require_topic("/test/sensor_msgs/image", ["sensor_msgs/msg/Image"]) == "sensor_msgs/msg/Image"
+
+
+def test_missing_topic_names_it_and_lists_the_bag():
+    _need(FIDUCIALS)
+    with BagReader(FIDUCIALS) as bag:
+        with pytest.raises(RgbtSegError) as info:
+            bag.require_topic("/thermal/image", role="--thermal-topic")
+    text = str(info.value)
+    assert text.startswith("--thermal-topic /thermal/image: not in bag")
+    assert "/raspicam_node/image/compressed [sensor_msgs/msg/CompressedImage, 1]" in text and "\n" not in text
+
+
+def test_wrong_type_is_named():
+    _need(FIDUCIALS)
+    with BagReader(FIDUCIALS) as bag:
+        with pytest.raises(RgbtSegError, match="has type sensor_msgs/msg/CameraInfo, expected sensor_msgs/msg/Image"):
+            bag.require_topic("/raspicam_node/camera_info", ["sensor_msgs/msg/Image"])
+
+
+def test_missing_empty_and_corrupt_bags(tmp_path):
+    with pytest.raises(RgbtSegError, match="does not exist"):
+        BagReader(tmp_path / "nope").__enter__()
+    empty = tmp_path / "empty"
+    with BagWriter(empty) as w:
+        w.add_connection("/a", "std_msgs/msg/String")
+    with pytest.raises(RgbtSegError, match="is empty"):
+        BagReader(empty).__enter__()
+    junk = tmp_path / "junk.bag"
+    junk.write_bytes(b"not a bag at all" * 20)
+    with pytest.raises(RgbtSegError, match="corrupt or unreadable"):
+        BagReader(junk).__enter__()
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(RgbtSegError, match="not a rosbag2 folder or ROS 1 bag"):
+        BagReader(tmp_path / "folder").__enter__()
+
+
+def test_truncated_storage_files(tmp_path):
+    _need(FIXTURE)
+    for name, suffix in (("test_bag_mcap", ".mcap"), ("test_bag_sqlite3", ".db3")):
+        copy = tmp_path / name
+        shutil.copytree(FIXTURE / name, copy)
+        storage = copy / (name + suffix)
+        storage.write_bytes(storage.read_bytes()[: storage.stat().st_size // 2])
+        with pytest.raises(RgbtSegError, match=f"bag {copy}: corrupt"):
+            with BagReader(copy) as bag:
+                list(bag.messages())
+    if FIDUCIALS.exists():
+        cut = tmp_path / "cut.bag"
+        cut.write_bytes(FIDUCIALS.read_bytes()[:300000])
+        with pytest.raises(RgbtSegError, match="corrupt"):
+            with BagReader(cut) as bag:
+                list(bag.messages())
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_rosbag2_copy_is_verbatim(tmp_path, storage):
+    _need(FIXTURE)
+    src = FIXTURE / "test_bag_mcap"
+    out = tmp_path / "copy"
+    with BagReader(src) as bag, BagWriter(out, storage=storage, protect=[src]) as w:
+        originals = []
+        for m in bag.messages(["/test/sensor_msgs/camera_info", "/test/sensor_msgs/image"]):
+            w.add_connection(m.topic, m.msgtype, *bag.ros2_definition(m.connection))
+            w.write_raw(m.topic, m.log_time, bag.to_cdr(m))
+            originals.append((m.topic, m.log_time, bytes(m.raw)))
+    with AnyReader([out]) as reader:
+        copied = [(c.topic, t, bytes(raw)) for c, t, raw in reader.messages()]
+    assert sorted(copied) == sorted(originals) and len(copied) == 4
+
+
+def test_ros1_to_rosbag2_readable_by_mcap_ros2(tmp_path):
+    _need(FIDUCIALS)
+    out = tmp_path / "converted"
+    with BagReader(FIDUCIALS) as bag, BagWriter(out) as w:
+        infos = []
+        for m in bag.messages():
+            w.add_connection(m.topic, m.msgtype, *bag.ros2_definition(m.connection))
+            w.write_raw(m.topic, m.log_time, bag.to_cdr(m))
+            if m.topic.endswith("camera_info"):
+                infos.append(bag.deserialize(m))  # ROS 1 field names: K, D, ...
+    decoded = [d for d in _mcap_ros2(out / "converted.mcap") if d[1].topic == "/raspicam_node/camera_info"]
+    assert len(decoded) == 15
+    for ros1, (schema, _, _, msg) in zip(infos, decoded):
+        np.testing.assert_allclose(msg.k, ros1.K)
+        assert msg.header.frame_id == ros1.header.frame_id == "raspicam"
+        assert msg.header.stamp.nanosec == ros1.header.stamp.nanosec
+        assert schema.name == "sensor_msgs/msg/CameraInfo"
+
+
+def test_ros1_custom_type_keeps_its_definition(tmp_path):
+    store = get_typestore(Stores.ROS1_NOETIC)
+    store.register(get_types_from_msg("std_msgs/Header header\nint32 a\nfloat64[] b\n", "my_pkg/msg/Thing"))
+    src = tmp_path / "custom.bag"
+    Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
+    with Ros1Writer(src) as w:
+        conn = w.add_connection("/thing", "my_pkg/msg/Thing", typestore=store)
+        msg = store.types["my_pkg/msg/Thing"](header=Header(seq=9, stamp=Time(sec=3, nanosec=4), frame_id="f"),
+                                              a=-7, b=np.array([1.5, 2.5]))
+        w.write(conn, 100, store.serialize_ros1(msg, "my_pkg/msg/Thing"))
+    out = tmp_path / "out"
+    with BagReader(src) as bag, BagWriter(out, storage="sqlite3") as w:
+        for m in bag.messages():
+            w.add_connection(m.topic, m.msgtype, *bag.ros2_definition(m.connection))
+            w.write_raw(m.topic, m.log_time, bag.to_cdr(m))
+    with BagReader(out) as bag:
+        (m,) = list(bag.messages())
+        thing = bag.deserialize(m)
+    assert thing.a == -7 and list(thing.b) == [1.5, 2.5] and thing.header.stamp.sec == 3
+    assert not hasattr(thing.header, "seq")
+
+
+def test_segmentation_info_registered_from_msg_file(tmp_path):
+    store = output_typestore()
+    cls = store.types[SEGMENTATION_INFO]
+    fields = [f[0] for f in store.fielddefs[SEGMENTATION_INFO][1]]
+    text = (Path(__file__).resolve().parents[1] / "msg" / "SegmentationInfo.msg").read_text()
+    for name in fields:
+        assert name in text
+    assert "stage_latency_ms" in fields and "colours" in fields
+    out = tmp_path / "info"
+    Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
+    Colour = store.types["std_msgs/msg/ColorRGBA"]
+    msg = cls(header=Header(stamp=Time(sec=1, nanosec=2), frame_id="rgb"), model_name="m", model_file="f",
+              modality="thermal", class_names=["a", "b"], colours=[Colour(r=1.0, g=0.0, b=0.0, a=1.0)] * 2,
+              aux_used=True, pair_skew=0.01, latency_total_ms=3.5, stage_names=["infer"],
+              stage_latency_ms=np.array([2.5], np.float32), pairs_processed=4, pairs_dropped=1, frames_unpaired=2)
+    with BagWriter(out) as w:
+        w.write("/rgbt_seg/info", 5, msg, SEGMENTATION_INFO)
+    ((schema, _, _, decoded),) = _mcap_ros2(out / "info.mcap")
+    assert schema.name == SEGMENTATION_INFO
+    assert list(decoded.class_names) == ["a", "b"] and decoded.pairs_dropped == 1
+    assert abs(decoded.stage_latency_ms[0] - 2.5) < 1e-6
+
+
+def test_writer_refuses_existing_and_input_overlap(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(RgbtSegError, match=r"exists; pass --force"):
+        with BagWriter(out):
+            pass
+    assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(RgbtSegError, match="overlaps input"):
+        with BagWriter(tmp_path / "in", protect=[tmp_path / "in"]):
+            pass
+    with BagWriter(out, force=True) as w:
+        w.write("/s", 1, w.msg_class("std_msgs/msg/String")(data="x"), "std_msgs/msg/String")
+    assert not (out / "keep.txt").exists() and (out / "metadata.yaml").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_failed_write_leaves_nothing_and_keeps_old_output(tmp_path, error):
+    String = output_typestore().types["std_msgs/msg/String"]
+    out = tmp_path / "out"
+    with pytest.raises(error):
+        with BagWriter(out) as w:
+            w.write("/s", 1, String(data="x"), "std_msgs/msg/String")
+            raise error("midway")
+    assert list(tmp_path.iterdir()) == []
+    with BagWriter(out) as w:
+        w.write("/s", 1, String(data="first"), "std_msgs/msg/String")
+    before = _tree_hash(out)
+    with pytest.raises(error):
+        with BagWriter(out, force=True) as w:
+            w.write("/s", 1, String(data="second"), "std_msgs/msg/String")
+            raise error("midway")
+    assert _tree_hash(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
