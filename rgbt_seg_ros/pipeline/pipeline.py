@@ -1,0 +1,181 @@
+"""``SegmentationPipeline``: one RGB (+ thermal/depth) pair in, labels / colour / confidence / overlay out.
+
+The same object runs in the rclpy node, the rosbag2 replay tool, ``rgbt-seg infer`` and evaluation.
+Everything it returns is at the RGB image's resolution. Outputs that are not requested are not computed.
+
+Stages (names used in ``SegmentationResult.timings``, milliseconds):
+``preprocess_rgb`` → ``register`` (aux into the RGB grid, composed with the resize to the network input)
+→ ``normalize_aux`` → ``infer`` → ``postprocess`` (labels/confidence at RGB resolution) → ``colour``
+→ ``overlay`` → ``registered_aux`` (only when asked for), plus ``total``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.pipeline.camera import CameraModel, Extrinsics, as_camera_model
+from rgbt_seg_ros.pipeline.config import NormalizationConfig, PipelineConfig, RegistrationConfig
+from rgbt_seg_ros.pipeline.normalize import depth_to_metres, normalize_aux, normalize_depth_metres
+from rgbt_seg_ros.pipeline.palettes import palette_for
+from rgbt_seg_ros.pipeline.postprocess import colourize, logits_to_labels, overlay as blend_overlay
+from rgbt_seg_ros.pipeline.registration import Registrar
+from rgbt_seg_ros.pipeline.resize import ResizeTransform, preprocess_rgb
+from rgbt_seg_ros.pipeline.timing import StageTimer
+
+ALL_OUTPUTS = frozenset({"labels", "colour", "confidence", "overlay", "registered_aux"})
+DEFAULT_OUTPUTS = frozenset({"labels", "colour", "confidence", "overlay"})
+
+__all__ = ["ALL_OUTPUTS", "DEFAULT_OUTPUTS", "NormalizationConfig", "PipelineConfig", "RegistrationConfig",
+           "SegmentationPipeline", "SegmentationResult"]
+
+
+@dataclass
+class SegmentationResult:
+    labels: np.ndarray | None  # H×W uint8 (uint16 past 255 classes)
+    colour: np.ndarray | None  # H×W×3 uint8 RGB, palette colours
+    confidence: np.ndarray | None  # H×W float32 in [0, 1]
+    overlay: np.ndarray | None  # H×W×3 uint8 RGB, colours blended over the RGB image
+    registered_aux: np.ndarray | None  # H×W float32 in [0, 1] (0 where invalid / outside the aux view)
+    timings: dict[str, float] = field(default_factory=dict)  # ms per stage
+    aux_used: bool = False
+
+
+class SegmentationPipeline:
+    """Runs a ``Backend`` (rgbt_seg_ros.inference.base) on RGB + optional aux images.
+
+    ``backend.card`` gives the network input size, the classes and palette, and the normalisation;
+    ``config`` (a ``PipelineConfig``, a dict, or None for defaults) gives registration, aux
+    normalisation, resize mode and overlay alpha.
+    """
+
+    def __init__(self, backend, config: PipelineConfig | dict | None = None):
+        self.backend = backend
+        self.config = config if isinstance(config, PipelineConfig) else PipelineConfig.from_dict(config or {})
+        card = backend.card
+        self.card = card
+        self.input_size = tuple(self.config.input_size or card.input_size)
+        self.num_classes = int(card.num_classes)
+        self.palette = palette_for(self.num_classes, getattr(card, "palette", None))
+        self.modality = getattr(card, "modality", "thermal")
+        self.aux_channels = int(getattr(card, "aux_channels", 1))
+        self._rgb_mean = np.asarray(card.rgb_mean, np.float32)
+        self._rgb_std = np.asarray(card.rgb_std, np.float32)
+        aux_mean = np.asarray(card.aux_mean, np.float32).reshape(-1)
+        aux_std = np.asarray(card.aux_std, np.float32).reshape(-1)
+        if aux_mean.size not in (1, self.aux_channels) or aux_std.size not in (1, self.aux_channels):
+            raise RgbtSegError(f"model card: aux_mean/aux_std have {aux_mean.size}/{aux_std.size} values for "
+                               f"aux_channels={self.aux_channels}")
+        self._aux_mean = np.broadcast_to(aux_mean, (self.aux_channels,)).copy()
+        self._aux_std = np.broadcast_to(aux_std, (self.aux_channels,)).copy()
+        self.registrar = Registrar(self.config.registration)
+        self._transforms: dict[tuple, ResizeTransform] = {}
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _transform(self, rgb_hw: tuple[int, int]) -> ResizeTransform:
+        key = (rgb_hw, self.input_size, self.config.resize_mode)
+        tf = self._transforms.get(key)
+        if tf is None:
+            tf = ResizeTransform(rgb_hw, self.input_size, self.config.resize_mode)
+            self._transforms = {key: tf}  # one live geometry; a new RGB size replaces it
+        return tf
+
+    def _aux_tensor(self, aux01: np.ndarray) -> np.ndarray:
+        """[0, 1] h×w float32 → 1×C×h×w standardised with the card's aux mean/std."""
+        chans = [(aux01 - self._aux_mean[c]) * (1.0 / self._aux_std[c]) for c in range(self.aux_channels)]
+        return np.stack(chans)[None].astype(np.float32, copy=False)
+
+    # -- main entry ---------------------------------------------------------------------------------
+    def process(self, rgb: np.ndarray, aux: np.ndarray | None = None, aux_encoding: str = "mono8",
+                rgb_camera=None, aux_camera=None, outputs=DEFAULT_OUTPUTS,
+                extrinsics: Extrinsics | None = None) -> SegmentationResult:
+        """Segment one pair.
+
+        ``rgb``: H×W×3 uint8 in RGB order. ``aux``: the thermal/depth image as decoded from its message
+        (encoding ``aux_encoding``: mono8, mono16, 8UC1, 16UC1, 32FC1), or None for RGB-only operation.
+        ``rgb_camera``/``aux_camera``: CameraModel or CameraInfo-like objects (override the config's files).
+        ``outputs``: subset of ``ALL_OUTPUTS``; others are returned as None and not computed.
+        """
+        outputs = frozenset(outputs)
+        unknown = outputs - ALL_OUTPUTS
+        if unknown:
+            raise RgbtSegError(f"outputs: unknown {', '.join(sorted(unknown))}; choose from {', '.join(sorted(ALL_OUTPUTS))}")
+        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            desc = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+            raise RgbtSegError(f"rgb image: expected H×W×3 uint8 (rgb8), got {desc}")
+        timer = StageTimer()
+        timer.start_total()
+        rgb_hw = rgb.shape[:2]
+        tf = self._transform(rgb_hw)
+
+        with timer("preprocess_rgb"):
+            rgb_in = preprocess_rgb(rgb, tf, self._rgb_mean, self._rgb_std)
+
+        aux_in = None
+        registered_full = None
+        if aux is not None:
+            if not isinstance(aux, np.ndarray) or aux.ndim not in (2, 3) or aux.size == 0:
+                raise RgbtSegError(f"{self.modality} image: expected a 2-D array, got "
+                                   f"{getattr(aux, 'shape', type(aux).__name__)}")
+            if aux.ndim == 3:
+                if aux.shape[2] != 1:
+                    raise RgbtSegError(f"{self.modality} image: expected one channel, got {aux.shape[2]}")
+                aux = aux[:, :, 0]
+            rgb_cam = as_camera_model(rgb_camera, "rgb camera_info") if rgb_camera is not None else None
+            aux_cam = as_camera_model(aux_camera, f"{self.modality} camera_info") if aux_camera is not None else None
+            self.registrar.set_geometry(rgb_cam, aux_cam, extrinsics)
+            ncfg = self.config.normalization
+            if self.config.registration.mode == "depth":
+                with timer("register"):
+                    depth_m = depth_to_metres(aux, aux_encoding)
+                    reg_m = self.registrar.register_depth(depth_m, rgb_hw)  # RGB grid, metres, 0 = invalid
+                with timer("normalize_aux"):
+                    reg01, _ = normalize_depth_metres(reg_m, ncfg)
+                    net01 = tf.forward(reg01, interpolation="nearest")
+                if "registered_aux" in outputs:
+                    registered_full = reg01
+            else:
+                with timer("normalize_aux"):
+                    aux01, _ = normalize_aux(aux, aux_encoding, self.modality, ncfg)
+                with timer("register"):
+                    net01 = self.registrar.warp(aux01, rgb_hw, tf)
+                if "registered_aux" in outputs:
+                    with timer("registered_aux"):
+                        registered_full = self.registrar.warp(aux01, rgb_hw, None)
+            aux_in = self._aux_tensor(net01)
+
+        with timer("infer"):
+            logits = self.backend.infer(rgb_in, aux_in)
+        logits = np.asarray(logits)
+        if logits.ndim != 4 or logits.shape[0] != 1 or logits.shape[1] != self.num_classes:
+            raise RgbtSegError(f"backend {getattr(self.backend, 'name', '?')}: returned logits of shape "
+                               f"{logits.shape}, expected 1×{self.num_classes}×h×w")
+
+        labels = confidence = colour = over = None
+        need_labels = bool(outputs & {"labels", "colour", "overlay"})
+        with timer("postprocess"):
+            labels_s, conf_s = logits_to_labels(logits[0], need_labels=need_labels,
+                                                need_confidence="confidence" in outputs)
+            if labels_s is not None:
+                labels = tf.inverse(labels_s, interpolation="nearest")
+            if conf_s is not None:
+                confidence = np.clip(tf.inverse(conf_s, interpolation="linear"), 0.0, 1.0)
+        if outputs & {"colour", "overlay"}:
+            with timer("colour"):
+                # colourise at network resolution and upsample with the same nearest rule as the labels:
+                # identical to palette[labels] at RGB resolution, at a quarter of the cost
+                colour = tf.inverse(colourize(labels_s, self.palette), interpolation="nearest")
+            if "overlay" in outputs:
+                with timer("overlay"):
+                    over = blend_overlay(rgb, colour, self.config.overlay_alpha)
+        timer.stop_total()
+        return SegmentationResult(
+            labels=labels if "labels" in outputs else None,
+            colour=colour if "colour" in outputs else None,
+            confidence=confidence,
+            overlay=over,
+            registered_aux=registered_full,
+            timings=timer.as_dict(),
+            aux_used=aux_in is not None,
+        )

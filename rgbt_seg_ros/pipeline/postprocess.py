@@ -1,0 +1,71 @@
+"""Logits → labels, confidence, palette colours and overlay.
+
+Labels and confidence are computed at the network resolution (arg-max and max-softmax of the logits
+there) and then brought to RGB resolution: labels with nearest-neighbour, confidence bilinearly. This is
+the documented alternative to upsampling the K logit planes first: it costs K× less at full resolution
+and differs from it only along class boundaries, within one network pixel.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from rgbt_seg_ros.errors import RgbtSegError
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """uint8 up to 256 classes (ids 0..255), uint16 beyond (sensor_msgs mono16)."""
+    if num_classes > 65536:
+        raise RgbtSegError(f"num_classes: {num_classes} classes do not fit a mono16 label image")
+    return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.uint16)
+
+
+def logits_to_labels(logits: np.ndarray, need_labels: bool = True, need_confidence: bool = True
+                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """K×h×w logits → (labels h×w uint8/uint16, confidence h×w float32 in [0, 1]); either may be skipped (None).
+
+    Ties go to the lowest class id. Confidence is max softmax = 1 / Σ_k exp(l_k − max_k l).
+    """
+    if logits.ndim != 3 or logits.shape[0] < 1:
+        raise RgbtSegError(f"logits: expected K×h×w, got shape {logits.shape}")
+    logits = np.asarray(logits, dtype=np.float32)
+    k = logits.shape[0]
+    labels = conf = None
+    best = logits[0].copy()
+    if need_labels:
+        labels = np.zeros(best.shape, label_dtype(k))
+    for c in range(1, k):
+        if need_labels:
+            labels[logits[c] > best] = c  # strictly greater: ties keep the lower id
+        np.maximum(best, logits[c], out=best)
+    if need_confidence:
+        h, w = best.shape
+        acc = np.zeros((h, w), np.float32)
+        tmp = np.empty((h, w), np.float32)
+        for c in range(k):
+            cv2.subtract(logits[c], best, dst=tmp)
+            cv2.exp(tmp, dst=tmp)
+            acc += tmp
+        conf = cv2.divide(1.0, acc)  # acc ≥ 1 (the arg-max term is exp(0)), so conf ∈ (0, 1]
+    return labels, conf
+
+
+def colourize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """h×w integer labels → h×w×3 uint8 RGB; ids past the palette are drawn black."""
+    palette = np.asarray(palette, np.uint8).reshape(-1, 3)
+    if labels.dtype == np.uint8:
+        lut = np.zeros((256, 1, 3), np.uint8)
+        n = min(256, len(palette))
+        lut[:n, 0] = palette[:n]
+        return cv2.LUT(cv2.merge([labels, labels, labels]), lut)
+    full = np.zeros((int(labels.max(initial=0)) + 1, 3), np.uint8)
+    n = min(len(full), len(palette))
+    full[:n] = palette[:n]
+    return full[labels]
+
+
+def overlay(rgb: np.ndarray, colour: np.ndarray, alpha: float) -> np.ndarray:
+    """alpha · colour + (1 − alpha) · rgb, uint8 (alpha is the weight of the label colours)."""
+    if rgb.shape != colour.shape:
+        raise RgbtSegError(f"overlay: rgb {rgb.shape} and colour {colour.shape} differ in size")
+    return cv2.addWeighted(colour, float(alpha), rgb, 1.0 - float(alpha), 0.0)

@@ -1,0 +1,93 @@
+"""Resize or letterbox images to the network input, and map network-resolution results back.
+
+Pixel-centre convention (the one ``cv2.resize`` uses): source x = (dest x − left + 0.5) / s − 0.5,
+with ``s`` the content scale and ``left`` the letterbox padding (0 when stretching).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from rgbt_seg_ros.errors import RgbtSegError
+
+_INTERP = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
+_OUTSIDE = -1.0e4  # a map coordinate far outside any image: cv2.remap gives the border value there
+
+
+class ResizeTransform:
+    """Geometry between an image of size ``src_hw`` and the network input ``dst_hw``.
+
+    ``mode="stretch"`` scales each axis independently; ``mode="letterbox"`` keeps the aspect ratio and
+    pads with zeros (centred). ``forward`` goes src → dst, ``inverse`` dst → src.
+    """
+
+    def __init__(self, src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str = "stretch"):
+        sh, sw = (int(v) for v in src_hw)
+        dh, dw = (int(v) for v in dst_hw)
+        if min(sh, sw, dh, dw) < 1:
+            raise RgbtSegError(f"resize: cannot map {sh}×{sw} to {dh}×{dw}")
+        if mode not in ("stretch", "letterbox"):
+            raise RgbtSegError(f"resize_mode: {mode!r} is not 'stretch' or 'letterbox'")
+        self.src_hw, self.dst_hw, self.mode = (sh, sw), (dh, dw), mode
+        if mode == "stretch":
+            self.content_hw = (dh, dw)
+            self.top = self.left = 0
+        else:
+            s = min(dh / sh, dw / sw)
+            ch, cw = min(dh, max(1, round(sh * s))), min(dw, max(1, round(sw * s)))
+            self.content_hw = (ch, cw)
+            self.top, self.left = (dh - ch) // 2, (dw - cw) // 2
+        self.scale_y = self.content_hw[0] / sh
+        self.scale_x = self.content_hw[1] / sw
+        self.is_identity = (sh, sw) == (dh, dw)
+        self._src_maps: tuple[np.ndarray, np.ndarray] | None = None
+
+    def forward(self, img: np.ndarray, interpolation: str = "linear") -> np.ndarray:
+        if img.shape[:2] != self.src_hw:
+            raise RgbtSegError(f"resize: image is {img.shape[0]}×{img.shape[1]}, transform expects "
+                               f"{self.src_hw[0]}×{self.src_hw[1]}")
+        if self.is_identity:
+            return img
+        ch, cw = self.content_hw
+        out = cv2.resize(img, (cw, ch), interpolation=_INTERP[interpolation])
+        if self.mode == "letterbox" and (ch, cw) != self.dst_hw:
+            dh, dw = self.dst_hw
+            out = cv2.copyMakeBorder(out, self.top, dh - ch - self.top, self.left, dw - cw - self.left,
+                                     cv2.BORDER_CONSTANT, value=0)
+        return out
+
+    def inverse(self, img: np.ndarray, interpolation: str = "linear") -> np.ndarray:
+        """Network-resolution image (h×w or h×w×C) → source resolution; letterbox padding is cut away."""
+        if img.shape[:2] != self.dst_hw:
+            raise RgbtSegError(f"resize: result is {img.shape[0]}×{img.shape[1]}, expected "
+                               f"{self.dst_hw[0]}×{self.dst_hw[1]}")
+        if self.is_identity:
+            return img
+        ch, cw = self.content_hw
+        content = img[self.top:self.top + ch, self.left:self.left + cw]
+        sh, sw = self.src_hw
+        return cv2.resize(content, (sw, sh), interpolation=_INTERP[interpolation])
+
+    def src_coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """float32 maps (dst_h×dst_w) of the source pixel each network pixel samples; padding far outside."""
+        if self._src_maps is None:
+            dh, dw = self.dst_hw
+            xs = (np.arange(dw, dtype=np.float64) - self.left + 0.5) / self.scale_x - 0.5
+            ys = (np.arange(dh, dtype=np.float64) - self.top + 0.5) / self.scale_y - 0.5
+            xs[(np.arange(dw) < self.left) | (np.arange(dw) >= self.left + self.content_hw[1])] = _OUTSIDE
+            ys[(np.arange(dh) < self.top) | (np.arange(dh) >= self.top + self.content_hw[0])] = _OUTSIDE
+            mx, my = np.meshgrid(xs.astype(np.float32), ys.astype(np.float32))
+            self._src_maps = (mx, my)
+        return self._src_maps
+
+
+def preprocess_rgb(rgb: np.ndarray, tf: ResizeTransform, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """H×W×3 uint8 RGB → 1×3×h×w float32, ((x / 255) − mean) / std per channel, at the network size."""
+    small = tf.forward(rgb, "linear")
+    # per-channel 256-entry lookup tables: one gather per pixel instead of a float multiply-add chain
+    lut = ((np.arange(256, dtype=np.float32)[None, :] / 255.0 - mean[:, None]) / std[:, None]).astype(np.float32)
+    chw = small.transpose(2, 0, 1)
+    out = np.empty((1, 3) + small.shape[:2], np.float32)
+    for c in range(3):
+        np.take(lut[c], chw[c], out=out[0, c])
+    return out
