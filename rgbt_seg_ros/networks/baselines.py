@@ -46,7 +46,12 @@ class FPNFusionNet(SegmentationNet):
         feats = self.rgb_encoder(rgb)
         if self.aux_encoder is not None:
             feats = [f + a for f, a in zip(feats, self.aux_encoder(aux))]
-        return resize_to(self.classifier(self.decoder(feats)), rgb)
+        logits = resize_to(self.classifier(self.decoder(feats)), rgb)
+        if self.aux_encoder is None:
+            # Keeps 'aux' an input of the exported ONNX graph (the exporter prunes unused inputs), so rgb_only
+            # has the same two-input interface as every network: an empty slice sums to exactly 0.
+            logits = logits + aux[:, :0].sum()
+        return logits
 
 
 _COMMON = dict(variants=tuple(VARIANTS), default_variant="resnet18", smallest_variant="mobilenetv3_small_100")
