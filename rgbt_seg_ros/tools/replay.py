@@ -119,7 +119,6 @@ def _stamp_ns(header) -> int:
 def _resolve_topics(bag, s: ReplaySettings) -> None:
     from rgbt_seg_ros.io.bag import CAMERA_INFO
 
-    s.rgb_topic = s.rgb_topic
     bag.require_topic(s.rgb_topic, IMAGE_TYPES, role="--rgb-topic")
     if not s.rgb_only:
         flag = f"--{s.modality}-topic"
@@ -293,7 +292,14 @@ def check_modality(card, modality: str, rgb_only: bool) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from rgbt_seg_ros.io.bag import BagReader
+
     settings = settings_from_args(args)
+    # Cheap checks first: a wrong topic or an existing output should not wait for the model to load.
+    if args.out.exists() and not args.force:
+        raise RgbtSegError(f"output {args.out} exists; pass --force to overwrite it")
+    with BagReader(args.bag) as bag:
+        _resolve_topics(bag, settings)
     pipeline, model_file = build_pipeline(args.model, args.backend, args.device, args.precision, args.config)
     settings.model_file = model_file
     for line in check_modality(pipeline.card, settings.modality, settings.rgb_only):

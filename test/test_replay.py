@@ -1,0 +1,238 @@
+"""rgbt-seg replay on real bags (ROS 1 JPEG camera, rosbag2 with truncated images) and on a synthetic RGB-T bag."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosbags.highlevel import AnyReader
+
+from rgbt_seg_ros.cli import main as cli
+from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.io.bag import BagReader
+from rgbt_seg_ros.io.image import image_to_numpy
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FIDUCIALS = DATA / "fiducials-ros1-bags" / "aruco_images.bag"
+FIXTURE = DATA / "rosbags-rs-format-fixture"
+JPEG_TOPIC = "/raspicam_node/image/compressed"
+
+
+def _need(path: Path) -> None:
+    if not path.exists():
+        pytest.skip(f"shared data absent: {path}")
+
+
+def _tree_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _mcap_ros2(path: Path) -> list:
+    """(schema, channel, message, decoded) via Foxglove's independent ROS 2 decoder."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    with open(path, "rb") as f:
+        return list(make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages())
+
+
+def _ns(header) -> int:
+    return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    """A real model file (untrained small fusion network, synthetic classes, 64×96 input) written with save_model."""
+    from rgbt_seg_ros.inference.artifact import save_model
+    from rgbt_seg_ros.tools.demo import untrained_backend
+
+    backend = untrained_backend(input_size=(64, 96))
+    path = tmp_path_factory.mktemp("model") / "small.safetensors"
+    save_model(path, backend.network.state_dict(), backend.card)
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_bag(tmp_path_factory) -> Path:
+    """A small synthetic RGB-T bag: 18 RGB frames 320×180 at 30 Hz, thermal 160×128 at ~9 Hz with drops."""
+    from rgbt_seg_ros.synthetic.demo_bag import DemoBagSpec, write_demo_bag
+
+    path = tmp_path_factory.mktemp("demo") / "in"
+    write_demo_bag(path, DemoBagSpec(frames=18, rgb_size=(180, 320), thermal_size=(128, 160)))
+    return path
+
+
+def _no_leftovers(folder: Path, allowed: set[str]) -> None:
+    assert {p.name for p in folder.iterdir()} == allowed
+
+
+def test_ros1_bag_without_second_camera_fails_in_one_line(tmp_path, small_model, capsys):
+    _need(FIDUCIALS)
+    out = tmp_path / "out"
+    rc = cli(["replay", str(FIDUCIALS), "--out", str(out), "--model", str(small_model),
+              "--rgb-topic", JPEG_TOPIC, "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "--thermal-topic /thermal/image: not in bag" in err and "--rgb-only" in err
+    assert JPEG_TOPIC in err  # lists what the bag has
+    _no_leftovers(tmp_path, set())
+
+
+def test_ros1_bag_rgb_only_writes_valid_output(tmp_path, small_model, capsys):
+    _need(FIDUCIALS)
+    before = _tree_hash(FIDUCIALS)
+    out = tmp_path / "out"
+    rc = cli(["replay", str(FIDUCIALS), "--out", str(out), "--model", str(small_model), "--rgb-topic", JPEG_TOPIC,
+              "--rgb-only", "--rgb-info-topic", "/raspicam_node/camera_info", "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "1 segmented" in captured.out and "p99" in captured.out
+    assert _tree_hash(FIDUCIALS) == before
+    _no_leftovers(tmp_path, {"out"})
+
+    with AnyReader([FIDUCIALS]) as src:
+        conn = next(c for c in src.connections if c.topic == JPEG_TOPIC)
+        _, in_log, raw = next(src.messages([conn]))
+        jpeg_header = src.deserialize(raw, conn.msgtype).header
+        infos_in = [src.deserialize(r, c.msgtype) for c, _, r in src.messages()
+                    if c.topic == "/raspicam_node/camera_info"]
+    with BagReader(out) as bag:
+        topics = bag.topics
+        assert topics["/raspicam_node/camera_info"].count == 15 and topics[JPEG_TOPIC].count == 1
+        for name in ("labels", "colour", "confidence", "overlay", "info"):
+            assert topics[f"/rgbt_seg/{name}"].count == 1
+        outputs = {m.topic: (m.log_time, bag.deserialize(m)) for m in bag.messages() if m.topic.startswith("/rgbt_seg")}
+        infos_out = [bag.deserialize(m) for m in bag.messages(["/raspicam_node/camera_info"])]
+    for ci_in, ci_out in zip(infos_in, infos_out):
+        np.testing.assert_array_equal(ci_out.k, ci_in.K)
+        assert _ns(ci_out.header) == _ns(ci_in.header)
+    for name, enc in (("labels", "mono8"), ("colour", "rgb8"), ("confidence", "32FC1"), ("overlay", "rgb8")):
+        log_time, img = outputs[f"/rgbt_seg/{name}"]
+        assert log_time == in_log
+        assert (img.width, img.height, img.encoding) == (1280, 960, enc)  # the JPEG's resolution
+        assert _ns(img.header) == _ns(jpeg_header) and img.header.frame_id == "raspicam"
+    conf = image_to_numpy(outputs["/rgbt_seg/confidence"][1])
+    assert conf.min() >= 0.0 and conf.max() <= 1.0 and conf.min() > 0.0  # softmax of 6 classes ≥ 1/6
+    labels = image_to_numpy(outputs["/rgbt_seg/labels"][1])
+    assert labels.max() < 6
+    info = outputs["/rgbt_seg/info"][1]
+    assert not info.aux_used and list(info.class_names)[1] == "road" and info.pairs_processed == 1
+
+    # Foxglove's decoder reads every message of the output, with the same stamps.
+    decoded = _mcap_ros2(out / "out.mcap")
+    by_topic = {}
+    for schema, channel, _, msg in decoded:
+        by_topic.setdefault(channel.topic, []).append((schema.name, msg))
+    assert len(by_topic["/raspicam_node/camera_info"]) == 15
+    schema, labels_msg = by_topic["/rgbt_seg/labels"][0]
+    assert schema == "sensor_msgs/msg/Image" and labels_msg.width == 1280 and labels_msg.height == 960
+    assert labels_msg.header.frame_id == "raspicam" and _ns(labels_msg.header) == _ns(jpeg_header)
+    assert bytes(labels_msg.data) == labels.tobytes()
+    schema, info_msg = by_topic["/rgbt_seg/info"][0]
+    assert schema == "rgbt_seg_ros/msg/SegmentationInfo" and len(info_msg.colours) == 6
+
+
+@pytest.mark.parametrize("storage", ["test_bag_mcap", "test_bag_sqlite3"])
+def test_truncated_images_fail_cleanly(tmp_path, small_model, capsys, storage):
+    _need(FIXTURE)
+    bag = FIXTURE / storage
+    before = _tree_hash(bag)
+    out = tmp_path / "out"
+    rc = cli(["replay", str(bag), "--out", str(out), "--model", str(small_model),
+              "--rgb-topic", "/test/sensor_msgs/image", "--rgb-only", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    last = err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert "topic /test/sensor_msgs/image: field data: 30 bytes" in last and "921600" in last
+    _no_leftovers(tmp_path, set())
+    assert _tree_hash(bag) == before
+
+
+def test_existing_output_refused_without_force(tmp_path, small_model, demo_bag, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    rc = cli(["replay", str(demo_bag), "--out", str(out), "--model", str(small_model), "--no-progress"])
+    assert rc == 2
+    assert f"output {out} exists; pass --force" in capsys.readouterr().err
+    assert (out / "precious.txt").read_text() == "keep"
+
+
+def test_missing_rgb_topic_lists_bag(tmp_path, small_model, demo_bag, capsys):
+    rc = cli(["replay", str(demo_bag), "--out", str(tmp_path / "o"), "--model", str(small_model),
+              "--rgb-topic", "/camera/image_raw", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--rgb-topic /camera/image_raw: not in bag" in err and "/thermal/image [sensor_msgs/msg/Image" in err
+
+
+def test_rgbt_replay_pairs_and_stamps(tmp_path, small_model, demo_bag, capsys):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("registration:\n  mode: plane\n  extrinsics: {R: [[1,0,0],[0,1,0],[0,0,1]], t: [0.08, 0, 0]}\n"
+                      "  plane_distance: 8.0\n")
+    out = tmp_path / "out"
+    rc = cli(["replay", str(demo_bag), "--out", str(out), "--model", str(small_model), "--config", str(config),
+              "--storage", "sqlite3", "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    with AnyReader([demo_bag]) as src:
+        inputs = {(c.topic, t): bytes(r) for c, t, r in src.messages()}
+        rgb = {}
+        for c, t, r in src.messages():
+            if c.topic == "/rgb/image":
+                rgb[t] = src.deserialize(r, c.msgtype).header
+        thermal_count = sum(1 for (topic, _) in inputs if topic == "/thermal/image")
+    with AnyReader([out]) as res:
+        copied = {(c.topic, t): bytes(r) for c, t, r in res.messages() if not c.topic.startswith("/rgbt_seg")}
+        assert copied == inputs  # every input message, same bytes, same log time
+        labels = [(t, res.deserialize(r, c.msgtype)) for c, t, r in res.messages() if c.topic == "/rgbt_seg/labels"]
+        infos = [res.deserialize(r, c.msgtype) for c, t, r in res.messages() if c.topic == "/rgbt_seg/info"]
+    # every thermal frame but possibly the last (still undecided when the bag ends) is paired
+    assert thermal_count - 1 <= len(labels) <= thermal_count and len(labels) >= 3
+    for log_time, img in labels:
+        assert log_time in rgb, "outputs are written at an RGB message's log time"
+        header = rgb[log_time]
+        assert _ns(img.header) == _ns(header) and img.header.frame_id == "rgb_optical_frame"
+        assert (img.width, img.height) == (320, 180)
+    assert all(i.aux_used for i in infos) and [i.pairs_processed for i in infos] == list(range(1, len(infos) + 1))
+    assert all(abs(i.pair_skew) <= 0.05 for i in infos)
+    assert any(i.frames_unpaired > 0 for i in infos)  # 30 Hz RGB vs 9 Hz thermal: most RGB frames go unpaired
+    assert "pair skew" in captured.out
+
+
+class _FailingBackend:
+    """A real backend that raises on its n-th call, as a crash or Ctrl-C midway would."""
+
+    def __init__(self, backend, fail_at: int, error: type[BaseException]):
+        self.backend, self.fail_at, self.error, self.calls = backend, fail_at, error, 0
+        self.card, self.name = backend.card, backend.name
+
+    def infer(self, rgb, aux):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise self.error("simulated failure on the 3rd frame")
+        return self.backend.infer(rgb, aux)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt, RgbtSegError])
+def test_interrupted_run_leaves_nothing_and_input_unchanged(tmp_path, small_model, demo_bag, error):
+    from rgbt_seg_ros.inference import create_backend
+    from rgbt_seg_ros.pipeline.pipeline import SegmentationPipeline
+    from rgbt_seg_ros.tools.replay import ReplaySettings, run_replay
+
+    before = _tree_hash(demo_bag)
+    backend = _FailingBackend(create_backend(small_model), 3, error)
+    pipeline = SegmentationPipeline(backend, {"registration": {"mode": "identity", "aspect_tolerance": 0.5}})
+    out = tmp_path / "out"
+    with pytest.raises(error, match="3rd frame"):
+        run_replay(demo_bag, out, pipeline, ReplaySettings(aux_topic="/thermal/image", progress=False))
+    assert backend.calls == 3
+    _no_leftovers(tmp_path, set())
+    assert _tree_hash(demo_bag) == before
