@@ -1,0 +1,388 @@
+"""The rgbt_seg node's wiring, run against the rclpy/message_filters STAND-IN in test/ros_standin.
+
+Everything below rgbt_seg_ros/ros is real: a real model file written with save_model, loaded by
+create_backend into a TorchBackend, and the real SegmentationPipeline.
+"""
+from __future__ import annotations
+
+import array
+import importlib
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ros_standin  # noqa: E402
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("rgbt_seg_ros.pipeline.pipeline", reason="core pipeline not in the tree yet")
+
+from rgbt_seg_ros.inference import ModelCard, save_model  # noqa: E402
+from rgbt_seg_ros.inference.torch_backend import TorchBackend  # noqa: E402
+from rgbt_seg_ros.networks import create_network  # noqa: E402
+
+NET, VARIANT = "fusion_baseline", "mobilenetv3_small_100"
+RGB_HW, AUX_HW = (48, 64), (24, 32)
+OUTS = ("labels", "colour", "confidence", "overlay")
+
+
+def _model(path: Path, supports_rgb_only: bool) -> Path:
+    torch.manual_seed(0)
+    net = create_network(NET, 3, modality="thermal", variant=VARIANT, pretrained=False)
+    card = ModelCard(network=NET, variant=VARIANT, num_classes=3, class_names=["road", "car", "person"],
+                     palette=[[128, 64, 128], [0, 0, 142], [220, 20, 60]], input_size=(64, 64),
+                     supports_rgb_only=supports_rgb_only, trained=False, dataset="test")
+    return save_model(path, net.state_dict(), card)
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return {"rgb_only": _model(d / "tiny_rgbonly.safetensors", True),
+            "fusion_only": _model(d / "tiny_fusion.safetensors", False)}
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    state = ros_standin.install(monkeypatch)
+    mod = importlib.import_module("rgbt_seg_ros.ros.node")
+    made = []
+    yield state, mod, made
+    for node in made:
+        node.shutdown()
+
+
+def make_node(standin, **overrides):
+    state, mod, made = standin
+    state.overrides = overrides
+    node = mod.RgbtSegNode()
+    made.append(node)
+    return node
+
+
+def msgs():
+    return sys.modules["sensor_msgs.msg"]
+
+
+def image(stamp_ns: int, frame: str, hw, encoding: str, value: int = 0, data=None):
+    m = msgs().Image()
+    m.header.stamp.sec, m.header.stamp.nanosec = stamp_ns // 10**9, stamp_ns % 10**9
+    m.header.frame_id = frame
+    h, w = hw
+    bpp = {"rgb8": 3, "mono16": 2, "mono8": 1}.get(encoding, 1)
+    m.height, m.width, m.encoding, m.step = h, w, encoding, w * bpp
+    if data is None:
+        rng = np.random.default_rng(stamp_ns % 1000)
+        data = rng.integers(0, 255 if bpp != 2 else 60000, size=(h, w * bpp // (2 if bpp == 2 else 1)),
+                            dtype=np.uint16 if bpp == 2 else np.uint8).tobytes()
+    m.data = array.array("B", data)
+    return m
+
+
+def pair(node, stamp_ns, skew_ns=3_000_000, aux_encoding="mono16"):
+    rgb = image(stamp_ns, "cam_rgb", RGB_HW, "rgb8")
+    aux = image(stamp_ns + skew_ns, "cam_thermal", AUX_HW, aux_encoding)
+    node.deliver("rgb/image", rgb)
+    node.deliver("thermal/image", aux)
+    return rgb, aux
+
+
+def subscribe(node, *names, info=True):
+    for n in OUTS:
+        node.image_pubs[n].subscribers = int(n in names) if n in node.image_pubs else 0
+    node.info_pub.subscribers = int(info)
+
+
+def published(node, name):
+    pub = node.info_pub if name == "info" else node.image_pubs[name]
+    with pub._lock:
+        return list(pub.published)
+
+
+def wait_for(cond, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+# -------------------------------------------------------------------------------- header, outputs
+def test_every_output_carries_the_rgb_header_and_resolution(standin, model_files):
+    node = make_node(standin, model_file=str(model_files["fusion_only"]))
+    subscribe(node, *OUTS)
+    rgb, aux = pair(node, 12 * 10**9 + 345_000)
+    assert wait_for(lambda: len(published(node, "info")) == 1)
+    encodings = {"labels": "mono8", "colour": "rgb8", "confidence": "32FC1", "overlay": "rgb8"}
+    for name in OUTS:
+        (out,) = published(node, name)
+        assert (out.header.stamp.sec, out.header.stamp.nanosec, out.header.frame_id) == (12, 345_000, "cam_rgb")
+        assert (out.height, out.width, out.encoding) == (*RGB_HW, encodings[name])
+        assert out.step * out.height == len(out.data)
+    conf = np.frombuffer(bytes(published(node, "confidence")[0].data), np.float32)
+    assert conf.min() >= 0.0 and conf.max() <= 1.0
+    labels = np.frombuffer(bytes(published(node, "labels")[0].data), np.uint8)
+    assert labels.max() < 3
+    (info,) = published(node, "info")
+    assert (info.header.stamp.sec, info.header.stamp.nanosec, info.header.frame_id) == (12, 345_000, "cam_rgb")
+    assert info.class_names == ["road", "car", "person"] and len(info.colours) == 3
+    assert info.colours[1].b == pytest.approx(142 / 255)
+    assert info.aux_used and info.pair_skew == pytest.approx(0.003)
+    assert info.model_name == f"{NET}/{VARIANT}" and info.pairs_processed == 1
+    assert "infer" in info.stage_names and len(info.stage_names) == len(info.stage_latency_ms)
+
+
+def test_outputs_without_subscribers_are_not_computed(standin, model_files):
+    node = make_node(standin, model_file=str(model_files["fusion_only"]))
+    subscribe(node, "confidence", info=True)
+    pair(node, 10**9)
+    assert wait_for(lambda: len(published(node, "info")) == 1)
+    assert len(published(node, "confidence")) == 1
+    assert all(not published(node, n) for n in ("labels", "colour", "overlay"))
+    stages = published(node, "info")[0].stage_names
+    assert "colour" not in stages and "overlay" not in stages  # skipped inside the pipeline, not only unpublished
+
+    subscribe(node, info=False)  # nobody listens: no inference at all
+    before = node.counters.pairs_processed
+    pair(node, 2 * 10**9)
+    assert wait_for(lambda: node.counters.pairs_synced == 2)
+    time.sleep(0.3)
+    assert node.counters.pairs_processed == before
+
+
+def test_overlay_disabled_has_no_publisher(standin, model_files):
+    node = make_node(standin, model_file=str(model_files["fusion_only"]), overlay=False)
+    assert "overlay" not in node.image_pubs
+    assert "/rgbt_seg/overlay" not in node.publishers and "/rgbt_seg/colour" in node.publishers
+
+
+# ------------------------------------------------------------------------------- latest-only worker
+class SlowBackend(TorchBackend):
+    """The real TorchBackend, made slower than the cameras with a sleep before the network runs."""
+
+    def __init__(self, inner: TorchBackend, delay: float):
+        super().__init__(inner.network, inner.card)
+        self.delay = delay
+        self.calls = 0
+
+    def infer(self, rgb, aux):
+        self.calls += 1
+        time.sleep(self.delay)
+        return super().infer(rgb, aux)
+
+
+def test_slow_network_drops_old_pairs_and_stays_bounded(standin, model_files):
+    node = make_node(standin, model_file=str(model_files["fusion_only"]), queue_size=5)
+    slow = SlowBackend(node.backend, delay=0.12)
+    node.pipeline.backend = slow
+    subscribe(node, "labels", info=True)
+    period = 0.06  # cameras at twice the rate the network manages
+    slot_lengths, sync_queues = [], []
+    threads_before = threading.active_count()
+    for k in range(40):
+        pair(node, (k + 1) * int(period * 1e9))
+        slot_lengths.append(len(node._slot))
+        sync_queues.append(max(len(q) for q in node._sync.queues))
+        time.sleep(period)
+    assert wait_for(lambda: len(node._slot) == 0 and
+                    node.counters.pairs_processed + node.counters.pairs_dropped == node.counters.pairs_synced)
+    time.sleep(0.3)
+    c = node.counters
+    assert c.pairs_synced == 40
+    assert max(slot_lengths) <= 1 and max(sync_queues) <= 5  # memory: one pending pair, bounded sync queues
+    assert threading.active_count() <= threads_before  # no thread per frame
+    assert c.pairs_dropped >= 10, c  # roughly half must be dropped at 2x the rate
+    assert c.pairs_processed == slow.calls
+    infos = published(node, "info")
+    assert len(infos) == c.pairs_processed and infos[-1].pairs_dropped == c.pairs_dropped
+    lat = [i.latency_total_ms for i in infos]
+    # A backlog would grow latency by ~60 ms per frame (to seconds); latest-only keeps it near one
+    # inference (+ at most one wait), whatever the run length.
+    assert max(lat) < 1500, lat
+    assert np.mean(lat[-5:]) < 3 * np.mean(lat[:5]) + 200, lat
+    stamps = [i.header.stamp.sec * 10**9 + i.header.stamp.nanosec for i in infos]
+    assert stamps == sorted(stamps)  # newest pair first, never an old one after a new one
+
+
+# --------------------------------------------------------------------------------- stream loss
+def _diag(node, suffix):
+    (st,) = [s for s in node.diag_pub.published[-1].status if s.name.endswith(suffix)]
+    return st
+
+
+def _run_rgb_only(node, state, t0_ns):
+    state.clock_ns = t0_ns
+    for k in range(3):
+        state.clock_ns = t0_ns + k * 100_000_000
+        pair(node, state.clock_ns)
+    assert wait_for(lambda: len(published(node, "info")) >= 1)
+    n_before = node.counters.pairs_processed
+    for k in range(3, 12):  # thermal camera gone; RGB keeps coming at 10 Hz for 0.9 s
+        state.clock_ns = t0_ns + k * 100_000_000
+        node.deliver("rgb/image", image(state.clock_ns, "cam_rgb", RGB_HW, "rgb8"))
+        time.sleep(0.15)
+    node.diag_timer.fire()
+    return n_before
+
+
+def test_aux_loss_with_rgb_only_model_keeps_publishing(standin, model_files):
+    state = standin[0]
+    node = make_node(standin, model_file=str(model_files["rgb_only"]), aux_timeout=0.25)
+    subscribe(node, "labels", info=True)
+    n_before = _run_rgb_only(node, state, 50 * 10**9)
+    assert wait_for(lambda: any(not i.aux_used for i in published(node, "info")))
+    infos = published(node, "info")
+    assert sum(not i.aux_used for i in infos) >= 3 and node.counters.pairs_processed > n_before
+    assert infos[-1].aux_used is False
+    st = _diag(node, "thermal input")
+    assert st.level == b"\x01" and "RGB-only" in st.message
+    assert _diag(node, "rgb input").level == b"\x00"
+
+    # thermal comes back: fused results again
+    state.clock_ns += 100_000_000
+    pair(node, state.clock_ns)
+    assert wait_for(lambda: published(node, "info")[-1].aux_used)
+    node.diag_timer.fire()
+    assert _diag(node, "thermal input").level == b"\x00"
+
+
+def test_aux_loss_without_rgb_only_support_reports_error(standin, model_files):
+    state = standin[0]
+    node = make_node(standin, model_file=str(model_files["fusion_only"]), aux_timeout=0.25)
+    subscribe(node, "labels", info=True)
+    _run_rgb_only(node, state, 80 * 10**9)
+    time.sleep(0.2)
+    assert all(i.aux_used for i in published(node, "info"))  # no fake RGB-only results
+    st = _diag(node, "thermal input")
+    assert st.level == b"\x02" and "cannot run RGB-only" in st.message
+    errors = [m for lvl, m in state.logs if lvl == "ERROR"]
+    assert len(errors) == 1 and "thermal/image" in errors[0]  # throttled, not one per frame
+    assert any("thermal/image" in m for _, m in state.suppressed)
+    node.diag_timer.fire()  # still talking at 1 Hz
+    assert len(node.diag_pub.published) == 2
+
+
+def test_diagnostics_content(standin, model_files):
+    state = standin[0]
+    node = make_node(standin, model_file=str(model_files["fusion_only"]))
+    subscribe(node, "labels", info=True)
+    state.clock_ns = 100 * 10**9
+    for k in range(5):
+        state.clock_ns += 100_000_000
+        pair(node, state.clock_ns, skew_ns=-2_000_000)
+    assert wait_for(lambda: node.counters.pairs_processed + node.counters.pairs_dropped == 5)
+    node.diag_timer.fire()
+    arr = node.diag_pub.published[-1]
+    assert node.diag_pub.topic == "/diagnostics"
+    assert {s.name for s in arr.status} == {"rgbt_seg: rgb input", "rgbt_seg: thermal input", "rgbt_seg: sync",
+                                            "rgbt_seg: inference"}
+    rgb = {kv.key: kv.value for kv in _diag(node, "rgb input").values}
+    assert float(rgb["rate_hz"]) == pytest.approx(10.0, rel=1e-3)
+    sync = {kv.key: kv.value for kv in _diag(node, "sync").values}
+    assert sync["pairs_synced"] == "5" and float(sync["skew_abs_max_s"]) == pytest.approx(0.002, abs=1e-6)
+    inf = {kv.key: kv.value for kv in _diag(node, "inference").values}
+    assert "infer_ms_p50" in inf and int(inf["pairs_processed"]) + int(inf["pairs_dropped"]) == 5
+
+
+# ----------------------------------------------------------------------------------- bad messages
+def test_bad_messages_are_logged_throttled_and_skipped(standin, model_files):
+    state = standin[0]
+    node = make_node(standin, model_file=str(model_files["fusion_only"]))
+    subscribe(node, "labels", info=True)
+    for k in range(4):
+        pair(node, (k + 1) * 10**9, aux_encoding="yuv422")
+        wait_for(lambda: node.counters.bad_messages == k + 1, timeout=5)
+    assert node.counters.bad_messages == 4
+    warns = [m for lvl, m in state.logs if lvl == "WARN"]
+    assert len(warns) == 1 and "thermal/image" in warns[0] and "encoding" in warns[0]
+    assert len(state.suppressed) == 3
+    truncated = image(6 * 10**9, "cam_rgb", RGB_HW, "rgb8", data=bytes(100))
+    node.deliver("rgb/image", truncated)
+    node.deliver("thermal/image", image(6 * 10**9, "cam_thermal", AUX_HW, "mono16"))
+    assert wait_for(lambda: node.counters.bad_messages == 5)
+    pair(node, 7 * 10**9)  # the node is still alive and working
+    assert wait_for(lambda: len(published(node, "labels")) == 1)
+    node.diag_timer.fire()
+    st = _diag(node, "inference")
+    assert st.level == b"\x01" and "rgb/image" in st.message
+
+
+def test_missing_camera_info_is_skipped_with_a_clear_line(standin, model_files):
+    node = make_node(standin, model_file=str(model_files["fusion_only"]), registration="plane")
+    subscribe(node, "labels", info=True)
+    pair(node, 10**9)
+    assert wait_for(lambda: node.counters.bad_messages == 1)
+    assert "rgb/camera_info: no CameraInfo received yet" in node._last_error[0]
+    assert not published(node, "labels")
+
+
+# --------------------------------------------------------------------------------- parameters
+def test_parameters_are_declared_with_descriptions_and_ranges(standin, model_files):
+    from rgbt_seg_ros.ros.params import PARAMS
+
+    node = make_node(standin, model_file=str(model_files["fusion_only"]))
+    for spec in PARAMS:
+        d = node._descriptors[spec.name]
+        assert d.description and d.name == spec.name
+        if spec.range and spec.type == "integer":
+            assert (d.integer_range[0].from_value, d.integer_range[0].to_value) == spec.range
+        if spec.range and spec.type == "double":
+            assert (d.floating_point_range[0].from_value, d.floating_point_range[0].to_value) == spec.range
+    assert node._descriptors["slop"].read_only and not node._descriptors["overlay_alpha"].read_only
+    # sensor-data QoS by default, reliable on request
+    assert node.subscriptions["/rgb/image"].qos.reliability == "best_effort"
+    assert node.subscriptions["/thermal/camera_info"].msg_type.__name__ == "CameraInfo"
+
+
+def test_reliable_qos_switch(standin, model_files):
+    node = make_node(standin, model_file=str(model_files["fusion_only"]), qos_reliability="reliable", qos_depth=3)
+    qos = node.subscriptions["/thermal/image"].qos
+    assert (qos.reliability, qos.depth) == ("reliable", 3)
+
+
+def test_runtime_parameter_changes(standin, model_files):
+    node = make_node(standin, model_file=str(model_files["fusion_only"]))
+    Parameter = sys.modules["rclpy.parameter"].Parameter
+    (ok,) = node.set_parameters([Parameter("overlay_alpha", 0.25)])
+    assert ok.successful and node.pipeline.config.overlay_alpha == 0.25
+    (bad,) = node.set_parameters([Parameter("overlay_alpha", 1.5)])
+    assert not bad.successful and "overlay_alpha" in bad.reason
+    (ro,) = node.set_parameters([Parameter("slop", 0.2)])
+    assert not ro.successful and node.cfg.slop == 0.05
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"model_file": "/nonexistent/model.safetensors"}, "parameter model_file: /nonexistent/model.safetensors does not exist"),
+    ({"backend": "tensorrt"}, "parameter backend: 'tensorrt' is not one of auto, torch, onnxruntime"),
+    ({"input_height": 50, "input_width": 64}, "parameter input_height/input_width: 50x64 cannot feed network"),
+    ({"input_height": 64}, "parameter input_height/input_width: set both"),
+    ({"registration": "homography", "homography": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]},
+     "parameter homography: expected 3x3 (9 numbers, row-major), got 8 numbers"),
+    ({"slop": 20.0}, "parameter slop:"),
+    ({"slop": 1}, "parameter slop:"),
+    ({"modality": "depth"}, "parameter modality: depth but the model was trained on thermal"),
+    ({"device": "gpu0"}, "parameter device: 'gpu0' is not cpu, cuda or cuda:N"),
+])
+def test_bad_parameters_fail_at_start_with_one_line(standin, model_files, overrides, expected):
+    state, mod, _ = standin
+    state.overrides = {"model_file": str(model_files["fusion_only"]), **overrides}
+    assert mod.main([]) == 2
+    fatal = [m for lvl, m in state.logs if lvl == "FATAL"]
+    assert len(fatal) == 1 and fatal[0].startswith(expected), state.logs
+    assert "\n" not in fatal[0] and not state.initialised
+
+
+def test_main_spins_and_shuts_down_cleanly(standin, model_files):
+    state, mod, _ = standin
+    state.overrides = {"model_file": str(model_files["fusion_only"])}
+    seen = []
+    state.spin_hook = lambda nodes: seen.extend(nodes)
+    assert mod.main([]) == 0
+    (node,) = seen
+    assert node.destroyed and node._slot.closed and not node._worker.is_alive() and not state.initialised

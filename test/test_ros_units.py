@@ -1,0 +1,201 @@
+"""The ROS-free parts of rgbt_seg_ros/ros: parameter specs and validation, the latest-only slot,
+stream health, /diagnostics content and message filling. No ROS, no stand-in."""
+from __future__ import annotations
+
+import threading
+from collections import deque
+import time
+import types
+
+import numpy as np
+import pytest
+
+from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.ros import health, messages
+from rgbt_seg_ros.ros.params import PARAMS, SPECS, pipeline_config_dict, resolve_against_card, validate_params
+from rgbt_seg_ros.ros.slot import LatestSlot
+
+
+# ------------------------------------------------------------------------------------ parameters
+def test_every_parameter_has_a_description_and_a_sane_default():
+    for spec in PARAMS:
+        assert len(spec.description) > 15, spec.name
+        if spec.range:
+            assert spec.range[0] <= spec.default <= spec.range[1], spec.name
+        if spec.choices:
+            assert spec.default in spec.choices, spec.name
+    validate_params({})  # the defaults alone are valid
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"qos_reliability": "fast"}, "parameter qos_reliability: 'fast' is not one of best_effort, reliable"),
+    ({"queue_size": 0}, "parameter queue_size: 0 is outside [1, 1000]"),
+    ({"overlay_alpha": 1.5}, "parameter overlay_alpha: 1.5 is outside [0.0, 1.0]"),
+    ({"registration": "homography", "homography": [0.0] * 9}, "parameter homography: the 3x3 matrix is singular"),
+    ({"registration": "homography", "homography": [1.0] * 10}, "parameter homography: expected 3x3"),
+    ({"registration": "plane", "extrinsic_rotation": [2.0, 0, 0, 0, 1, 0, 0, 0, 1]},
+     "parameter extrinsic_rotation: not a rotation matrix"),
+    ({"thermal_range": [100.0, 10.0]}, "parameter thermal_range: [100.0, 10.0] needs min < max"),
+    ({"thermal_percentiles": [-1.0, 99.0]}, "parameter thermal_percentiles"),
+    ({"model_file": "/tmp/model.pt"}, "parameter model_file: /tmp/model.pt does not exist"),
+    ({"extrinsics_file": "/nope/camchain.yaml#cam0,cam1"}, "parameter extrinsics_file: /nope/camchain.yaml does not exist"),
+    ({"frame_rate": 30}, "parameter frame_rate: unknown parameter"),
+    ({"overlay": "yes"}, "parameter overlay: expected true or false"),
+])
+def test_bad_values_give_one_line_naming_the_parameter(values, fragment):
+    with pytest.raises(RgbtSegError) as err:
+        validate_params(values)
+    assert str(err.value).startswith(fragment) and "\n" not in str(err.value)
+
+
+def test_model_file_with_wrong_suffix(tmp_path):
+    p = tmp_path / "model.pt"
+    p.write_bytes(b"x")
+    with pytest.raises(RgbtSegError, match="parameter model_file: .* is neither .safetensors nor .onnx"):
+        validate_params({"model_file": str(p)})
+
+
+def test_card_resolution():
+    card = types.SimpleNamespace(modality="depth", network="fusion_baseline")
+    cfg = resolve_against_card(validate_params({}), card)
+    assert cfg.modality == "depth"
+    with pytest.raises(RgbtSegError, match="registration: depth reprojection needs modality depth"):
+        resolve_against_card(validate_params({"registration": "depth"}),
+                             types.SimpleNamespace(modality="thermal", network="x"))
+    with pytest.raises(RgbtSegError, match="cannot feed network x"):
+        resolve_against_card(validate_params({"input_height": 480, "input_width": 650}),
+                             types.SimpleNamespace(modality="thermal", network="x"), size_multiple=32)
+
+
+def test_pipeline_config_accepts_the_node_parameters():
+    from rgbt_seg_ros.pipeline.config import PipelineConfig
+
+    cfg = validate_params({"registration": "homography", "homography": [1.0, 0, 5, 0, 1, -2, 0, 0, 1],
+                           "input_height": 320, "input_width": 640, "thermal_normalisation": "fixed",
+                           "thermal_range": [1000.0, 9000.0], "overlay_alpha": 0.3, "resize_mode": "letterbox"})
+    pc = PipelineConfig.from_dict(pipeline_config_dict(cfg))
+    assert pc.registration.mode == "homography" and pc.registration.homography[0][2] == 5.0
+    assert pc.input_size == (320, 640) and pc.overlay_alpha == 0.3 and pc.resize_mode == "letterbox"
+    assert pc.normalization.thermal_agc == "fixed" and pc.normalization.thermal_range == (1000.0, 9000.0)
+    plane = PipelineConfig.from_dict(pipeline_config_dict(validate_params(
+        {"registration": "plane", "extrinsic_translation": [0.1, 0.0, 0.0], "plane_distance": 20.0})))
+    assert plane.registration.extrinsics["t"] == [0.1, 0.0, 0.0] and plane.registration.plane_distance == 20.0
+    assert set(SPECS) >= {"model_file", "backend", "device", "precision", "slop", "queue_size", "aux_timeout"}
+
+
+# ---------------------------------------------------------------------------------- latest slot
+def test_slot_keeps_only_the_newest_and_counts_drops():
+    s = LatestSlot()
+    assert s.put(1) is False and s.put(2) is True and s.put(3) is True
+    assert len(s) == 1 and s.dropped == 2 and s.put_count == 3
+    assert s.take(timeout=0) == 3 and s.take(timeout=0.01) is None and len(s) == 0
+
+
+def test_slot_wakes_the_consumer_and_closes():
+    s = LatestSlot()
+    got = []
+    t = threading.Thread(target=lambda: got.append(s.take(timeout=5)))
+    t.start()
+    time.sleep(0.05)
+    s.put("pair")
+    t.join(2)
+    assert got == ["pair"]
+    t2 = threading.Thread(target=lambda: got.append(s.take()))
+    t2.start()
+    s.close()
+    t2.join(2)
+    assert not t2.is_alive() and got[-1] is None and s.closed
+
+
+def test_slot_under_a_fast_producer_stays_one_deep():
+    s = LatestSlot()
+    taken = []
+
+    def consume():
+        while not s.closed:
+            item = s.take(timeout=0.05)
+            if item is not None:
+                taken.append(item)
+                time.sleep(0.01)  # slow consumer
+
+    t = threading.Thread(target=consume)
+    t.start()
+    for i in range(300):
+        s.put(i)
+        assert len(s) <= 1
+        time.sleep(0.0005)
+    time.sleep(0.1)
+    s.close()
+    t.join(2)
+    assert taken == sorted(taken) and taken[-1] == 299  # newest always wins, never out of order
+    assert len(taken) + s.dropped == 300 and s.dropped > 100
+
+
+# ----------------------------------------------------------------------------------- health
+def test_stream_monitor_rate_age_and_backwards_clock():
+    m = health.StreamMonitor("rgb")
+    for k in range(31):
+        m.tick(100.0 + k / 30)
+    assert m.rate(101.0) == pytest.approx(30.0, rel=1e-6) and m.age(101.5) == pytest.approx(0.5)
+    assert not m.stale(101.2, 0.5, started=0.0) and m.stale(102.0, 0.5, started=0.0)
+    m.tick(5.0)  # a looping bag: the window restarts instead of giving a negative rate
+    assert m.rate(5.0) == 0.0 and m.age(5.0) == 0.0
+    fresh = health.StreamMonitor("thermal")
+    assert not fresh.stale(10.4, 0.5, started=10.0) and fresh.stale(10.6, 0.5, started=10.0)
+
+
+def _diag(**kw):
+    rgb, aux = health.StreamMonitor("rgb"), health.StreamMonitor("thermal")
+    aux_frames = kw.pop("aux_frames", 10)
+    for k in range(10):
+        rgb.tick(k * 0.1)
+        if k < aux_frames:
+            aux.tick(k * 0.1)
+    c = health.Counters(pairs_synced=5, pairs_processed=4, pairs_dropped=1, skews=deque([0.01, -0.03]))
+    lat = health.LatencyStats()
+    lat.add({"infer": 10.0})
+    lat.add({"infer": 30.0})
+    args = dict(node_name="rgbt_seg", now=0.95, started=0.0, rgb=rgb, aux=aux, modality="thermal",
+                aux_timeout=0.3, rgb_only_possible=False, counters=c, latency=lat, output_rate=4.0)
+    args.update(kw)
+    return {e.name.split(": ")[1]: e for e in health.build_diagnostics(**args)}
+
+
+def test_diagnostics_levels():
+    ok = _diag()
+    assert [e.level for e in ok.values()] == [health.OK] * 4
+    assert ok["sync"].values["skew_abs_max_s"] == "0.030" and ok["inference"].values["infer_ms_p50"] == "20.00"
+    lost = _diag(aux_frames=3)
+    assert lost["thermal input"].level == health.ERROR
+    assert _diag(aux_frames=3, rgb_only_possible=True)["thermal input"].level == health.WARN
+    assert _diag(now=5.0)["rgb input"].level == health.ERROR
+    assert _diag(last_error="topic x: bad")["inference"].level == health.WARN
+
+
+# ---------------------------------------------------------------------------------- messages
+def _header(sec=4, nsec=7, frame="cam_rgb"):
+    return types.SimpleNamespace(stamp=types.SimpleNamespace(sec=sec, nanosec=nsec), frame_id=frame)
+
+
+def _blank_image():
+    return types.SimpleNamespace(header=_header(0, 0, ""), height=0, width=0, encoding="", is_bigendian=0,
+                                 step=0, data=b"")
+
+
+@pytest.mark.parametrize("array, encoding", [
+    (np.arange(12, dtype=np.uint8).reshape(3, 4), "mono8"),
+    (np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000, "mono16"),
+    (np.zeros((3, 4, 3), np.uint8) + 7, "rgb8"),
+    (np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4), "32FC1"),
+])
+def test_fill_image_round_trips_through_io(array, encoding):
+    from rgbt_seg_ros.io.image import image_to_numpy
+
+    msg = messages.fill_image(_blank_image(), array, _header())
+    assert msg.encoding == encoding and (msg.header.stamp.sec, msg.header.frame_id) == (4, "cam_rgb")
+    np.testing.assert_array_equal(image_to_numpy(msg), array)
+
+
+def test_fill_image_rejects_unpublishable_arrays():
+    with pytest.raises(RgbtSegError, match="output image: no encoding for dtype float64"):
+        messages.fill_image(_blank_image(), np.zeros((2, 2)), _header())
