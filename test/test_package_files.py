@@ -21,7 +21,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 MSGS = sorted((ROOT / "msg").glob("*.msg"))
 LAUNCH = sorted((ROOT / "launch").glob("*.launch.py"))
-PARAM_FILES = [ROOT / "config" / n for n in ("mfnet_rgbt.yaml", "pst900_rgbt.yaml", "realsense_rgbd.yaml")]
+PARAM_FILES = [ROOT / "config" / n for n in ("mfnet_rgbt.yaml", "pst900_rgbt.yaml", "realsense_rgbd.yaml",
+                                             "demo_rgbt.yaml")]
 
 
 def test_package_xml_is_valid_format_3_with_rosdep_keys():
@@ -128,6 +129,18 @@ def test_parameter_files_use_declared_names_and_exact_types(path):
         assert ok(value), f"{path.name}: {key}={value!r} is not a {spec.type}"
     cfg = validate_params(params)
     assert cfg.modality in ("thermal", "depth")
+
+
+def test_demo_parameters_match_the_demo_rig():
+    from rgbt_seg_ros.synthetic.demo_bag import DemoBagSpec
+
+    params = yaml.safe_load((ROOT / "config" / "demo_rgbt.yaml").read_text())["rgbt_seg"]["ros__parameters"]
+    spec = DemoBagSpec()
+    np.testing.assert_allclose(np.reshape(params["extrinsic_rotation"], (3, 3)), spec.extrinsic_R, atol=1e-8)
+    np.testing.assert_allclose(params["extrinsic_translation"], spec.extrinsic_t)
+    assert params["plane_distance"] == spec.plane_distance
+    # slop must cover the thermal clock offset plus half an RGB period, or nothing pairs
+    assert params["slop"] >= spec.thermal_clock_offset + 0.5 / spec.rgb_rate
 
 
 def test_rviz_shows_the_node_outputs():

@@ -322,6 +322,30 @@ def test_missing_camera_info_is_skipped_with_a_clear_line(standin, model_files):
     assert not published(node, "labels")
 
 
+def _camera_info(h, w, f, stamp_sec):
+    m = msgs().CameraInfo()
+    m.header.stamp.sec = stamp_sec
+    m.height, m.width, m.distortion_model = h, w, "plumb_bob"
+    m.d = [0.0] * 5
+    m.k = [f, 0.0, w / 2, 0.0, f, h / 2, 0.0, 0.0, 1.0]
+    m.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    m.p = [f, 0.0, w / 2, 0.0, 0.0, f, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return m
+
+
+def test_plane_registration_uses_the_latest_camera_infos(standin, model_files):
+    node = make_node(standin, model_file=str(model_files["fusion_only"]), registration="plane",
+                     extrinsic_translation=[0.05, 0.0, 0.0], plane_distance=5.0)
+    subscribe(node, "labels", info=True)
+    # CameraInfo stamps that match no image, as real drivers publish them: latest seen is used
+    node.deliver("rgb/camera_info", _camera_info(*RGB_HW, 50.0, 999))
+    node.deliver("thermal/camera_info", _camera_info(*AUX_HW, 25.0, 3))
+    pair(node, 10**9)
+    assert wait_for(lambda: len(published(node, "labels")) == 1)
+    assert node.counters.bad_messages == 0 and published(node, "info")[0].aux_used
+    assert "register" in published(node, "info")[0].stage_names
+
+
 # --------------------------------------------------------------------------------- parameters
 def test_parameters_are_declared_with_descriptions_and_ranges(standin, model_files):
     from rgbt_seg_ros.ros.params import PARAMS
