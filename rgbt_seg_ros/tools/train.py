@@ -1,0 +1,45 @@
+"""``rgbt-seg train CONFIG.yaml``."""
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = """train a network from a YAML config and write a self-describing model file.
+
+Single process: rgbt-seg train config/train/builtin.yaml
+Several GPUs / nodes (DistributedDataParallel; gloo on CPU):
+  torchrun --nproc_per_node=2 -m rgbt_seg_ros.cli train config/train/mfnet_efnet.yaml
+Resume the same run: add --resume auto (latest checkpoint in output_dir) or --resume PATH."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="training config (YAML); see config/train/")
+    parser.add_argument("--resume", default=None, help="'auto' or a checkpoint path (overrides the config)")
+    parser.add_argument("--output-dir", default=None, help="override output_dir")
+    parser.add_argument("--model-out", default=None, help="override model_out (the .safetensors model file)")
+    parser.add_argument("--steps", type=int, default=None, help="override train.steps (single-stage configs)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop after this many more steps (checkpointed; resume later) without writing the model")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    from rgbt_seg_ros.training.trainer import load_config, train
+
+    cfg = load_config(args.config)
+    if args.resume:
+        cfg["resume"] = args.resume
+    if args.output_dir:
+        cfg["output_dir"] = args.output_dir
+    if args.model_out:
+        cfg["model_out"] = args.model_out
+    if args.steps:
+        cfg["train"]["steps"] = args.steps
+    if args.no_progress:
+        cfg["train"]["progress"] = False
+    result = train(cfg, max_steps=args.max_steps)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result))
+    return 0
