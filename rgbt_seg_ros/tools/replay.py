@@ -277,11 +277,13 @@ def build_pipeline(model: str | None, backend: str, device: str, precision: str,
     return SegmentationPipeline(be, cfg), str(model if model is not None else builtin_model_path())
 
 
-def check_modality(card, modality: str, rgb_only: bool) -> list[str]:
-    """Errors for a model that cannot run this input; warnings (returned) for doubtful combinations."""
+def check_modality(card, modality: str, rgb_only: bool, flag: str = "--{}-topic") -> list[str]:
+    """Errors for a model that cannot run this input; warnings (returned) for doubtful combinations.
+
+    ``flag`` is the option naming the second input, with ``{}`` for the modality."""
     if not rgb_only and card.modality != modality:
-        raise RgbtSegError(f"--{modality}-topic: the model expects {card.modality} images (model card modality); "
-                           f"use --{card.modality}-topic")
+        raise RgbtSegError(f"{flag.format(modality)}: the model expects {card.modality} images (model card "
+                           f"modality); use {flag.format(card.modality)}")
     warnings = []
     if rgb_only and not card.supports_rgb_only:
         warnings.append("warning: the model was not trained for RGB-only operation (supports_rgb_only is false); "
