@@ -8,6 +8,7 @@ mapped through ``depth_range`` metres.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
@@ -54,22 +55,39 @@ def percentile_range(image: np.ndarray, percentiles: tuple[float, float], subsam
     return lo, hi
 
 
-def normalize_thermal(image: np.ndarray, encoding: str, config: NormalizationConfig | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def value_range(image: np.ndarray, encoding: str, modality: str, config: NormalizationConfig | None = None
+                ) -> tuple[float, float]:
+    """The raw values (in the image's own units) that map to 0 and 1. Validates encoding and dtype.
+
+    Invalid raw values (0 mm depth, NaN) are ≤ the low end or NaN, so ``(x − lo)/(hi − lo)`` clipped to
+    [0, 1] sends them to 0 once NaNs are patched to ``lo``.
+    """
     cfg = config or NormalizationConfig()
+    if modality == "depth":
+        _check(image, encoding, DEPTH_ENCODINGS, "depth")
+        lo, hi = cfg.depth_range
+        return (lo * 1e3, hi * 1e3) if encoding in ("16UC1", "mono16") else (lo, hi)
+    if modality != "thermal":
+        raise RgbtSegError(f"model card: modality {modality!r} is not 'thermal' or 'depth'")
     _check(image, encoding, THERMAL_ENCODINGS, "thermal")
     if encoding in ("mono8", "8UC1"):
-        return _scale(image, 0.0, 255.0), np.ones(image.shape, bool)
+        return 0.0, 255.0
     if encoding in ("mono16", "16UC1"):
         if cfg.thermal_agc == "fixed":
-            lo, hi = cfg.thermal_range
-        else:
-            lo, hi = percentile_range(image, cfg.thermal_percentiles, cfg.agc_subsample)
-        return _scale(image, lo, hi), np.ones(image.shape, bool)
-    valid = np.isfinite(image)
+            return cfg.thermal_range
+        return percentile_range(image, cfg.thermal_percentiles, cfg.agc_subsample)
     lo, hi = cfg.temperature_range
     if cfg.temperature_unit == "K":  # the range is in °C, the image in kelvin
         lo, hi = lo + 273.15, hi + 273.15
+    return lo, hi
+
+
+def normalize_thermal(image: np.ndarray, encoding: str, config: NormalizationConfig | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = value_range(image, encoding, "thermal", config)
+    if encoding != "32FC1":
+        return _scale(image, lo, hi), np.ones(image.shape, bool)
+    valid = np.isfinite(image)
     out = _scale(np.where(valid, image, np.float32(lo)), lo, hi)
     out[~valid] = 0.0
     return out, valid
@@ -109,3 +127,25 @@ def normalize_aux(image: np.ndarray, encoding: str, modality: str, config: Norma
     if modality == "depth":
         return normalize_depth(image, encoding, config)
     raise RgbtSegError(f"model card: modality {modality!r} is not 'thermal' or 'depth'")
+
+
+def scale_into(src: np.ndarray, lo: float, hi: float, mean: float = 0.0, std: float = 1.0,
+               dst: np.ndarray | None = None) -> np.ndarray:
+    """((clip((src − lo)/(hi − lo), 0, 1)) − mean) / std as float32, in one fused pass (written into ``dst``).
+
+    Standardisation is affine and increasing, so clipping after it to [(0 − mean)/std, (1 − mean)/std] equals
+    clipping before it. Non-finite values of float sources are invalid and come out as the value of 0.
+    """
+    if src.dtype.kind == "f":
+        bad = ~np.isfinite(src)
+        if bad.any():
+            src = src.copy()
+            src[bad] = lo
+    a = 1.0 / ((hi - lo) * std)
+    b = (-lo / (hi - lo) - mean) / std
+    if dst is None:
+        dst = np.empty(src.shape, np.float32)
+    cv2.addWeighted(src, a, src, 0.0, b, dst=dst, dtype=cv2.CV_32F)
+    cv2.max(dst, (0.0 - mean) / std, dst=dst)
+    cv2.min(dst, (1.0 - mean) / std, dst=dst)
+    return dst

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.pipeline.camera import CameraModel, Extrinsics, as_camera_model
 from rgbt_seg_ros.pipeline.config import NormalizationConfig, PipelineConfig, RegistrationConfig
-from rgbt_seg_ros.pipeline.normalize import depth_to_metres, normalize_aux, normalize_depth_metres
+from rgbt_seg_ros.pipeline.normalize import depth_to_metres, normalize_depth_metres, scale_into, value_range
 from rgbt_seg_ros.pipeline.palettes import palette_for
-from rgbt_seg_ros.pipeline.postprocess import colourize, logits_to_labels, overlay as blend_overlay
+from rgbt_seg_ros.pipeline.postprocess import colour_lut, colourize, logits_to_labels, overlay as blend_overlay
 from rgbt_seg_ros.pipeline.registration import Registrar
 from rgbt_seg_ros.pipeline.resize import ResizeTransform, preprocess_rgb
 from rgbt_seg_ros.pipeline.timing import StageTimer
@@ -58,6 +59,7 @@ class SegmentationPipeline:
         self.input_size = tuple(self.config.input_size or card.input_size)
         self.num_classes = int(card.num_classes)
         self.palette = palette_for(self.num_classes, getattr(card, "palette", None))
+        self._lut = colour_lut(self.palette)
         self.modality = getattr(card, "modality", "thermal")
         self.aux_channels = int(getattr(card, "aux_channels", 1))
         self._rgb_mean = np.asarray(card.rgb_mean, np.float32)
@@ -81,10 +83,12 @@ class SegmentationPipeline:
             self._transforms = {key: tf}  # one live geometry; a new RGB size replaces it
         return tf
 
-    def _aux_tensor(self, aux01: np.ndarray) -> np.ndarray:
-        """[0, 1] h×w float32 → 1×C×h×w standardised with the card's aux mean/std."""
-        chans = [(aux01 - self._aux_mean[c]) * (1.0 / self._aux_std[c]) for c in range(self.aux_channels)]
-        return np.stack(chans)[None].astype(np.float32, copy=False)
+    def _aux_tensor(self, img: np.ndarray, lo: float, hi: float) -> np.ndarray:
+        """Raw (registered) aux h×w → 1×C×h×w float32: [lo, hi] → [0, 1], clipped, standardised per channel."""
+        out = np.empty((1, self.aux_channels) + img.shape[:2], np.float32)
+        for c in range(self.aux_channels):
+            scale_into(img, lo, hi, float(self._aux_mean[c]), float(self._aux_std[c]), dst=out[0, c])
+        return out
 
     # -- main entry ---------------------------------------------------------------------------------
     def process(self, rgb: np.ndarray, aux: np.ndarray | None = None, aux_encoding: str = "mono8",
@@ -131,19 +135,24 @@ class SegmentationPipeline:
                     depth_m = depth_to_metres(aux, aux_encoding)
                     reg_m = self.registrar.register_depth(depth_m, rgb_hw)  # RGB grid, metres, 0 = invalid
                 with timer("normalize_aux"):
-                    reg01, _ = normalize_depth_metres(reg_m, ncfg)
-                    net01 = tf.forward(reg01, interpolation="nearest")
+                    aux_in = self._aux_tensor(tf.forward(reg_m, interpolation="nearest"), *ncfg.depth_range)
                 if "registered_aux" in outputs:
-                    registered_full = reg01
+                    registered_full = normalize_depth_metres(reg_m, ncfg)[0]
             else:
+                # warp the raw image (cheaper than float, one pass) straight into the network grid, then map
+                # [lo, hi] → [0, 1] and standardise in one fused pass; depth is sampled nearest so invalid
+                # zeros never blend into valid depths
                 with timer("normalize_aux"):
-                    aux01, _ = normalize_aux(aux, aux_encoding, self.modality, ncfg)
+                    lo, hi = value_range(aux, aux_encoding, self.modality, ncfg)
+                interp = cv2.INTER_NEAREST if self.modality == "depth" else cv2.INTER_LINEAR
                 with timer("register"):
-                    net01 = self.registrar.warp(aux01, rgb_hw, tf)
+                    warped = self.registrar.warp(aux, rgb_hw, tf, interpolation=interp, border_value=lo)
+                with timer("normalize_aux"):
+                    aux_in = self._aux_tensor(warped, lo, hi)
                 if "registered_aux" in outputs:
                     with timer("registered_aux"):
-                        registered_full = self.registrar.warp(aux01, rgb_hw, None)
-            aux_in = self._aux_tensor(net01)
+                        full = self.registrar.warp(aux, rgb_hw, None, interpolation=interp, border_value=lo)
+                        registered_full = scale_into(full, lo, hi)
 
         with timer("infer"):
             logits = self.backend.infer(rgb_in, aux_in)
@@ -160,12 +169,11 @@ class SegmentationPipeline:
             if labels_s is not None:
                 labels = tf.inverse(labels_s, interpolation="nearest")
             if conf_s is not None:
-                confidence = np.clip(tf.inverse(conf_s, interpolation="linear"), 0.0, 1.0)
+                confidence = tf.inverse(conf_s, interpolation="linear")
+                cv2.min(confidence, 1.0, dst=confidence)  # bilinear weights may round a hair above 1
         if outputs & {"colour", "overlay"}:
             with timer("colour"):
-                # colourise at network resolution and upsample with the same nearest rule as the labels:
-                # identical to palette[labels] at RGB resolution, at a quarter of the cost
-                colour = tf.inverse(colourize(labels_s, self.palette), interpolation="nearest")
+                colour = colourize(labels, self.palette, self._lut)
             if "overlay" in outputs:
                 with timer("overlay"):
                     over = blend_overlay(rgb, colour, self.config.overlay_alpha)

@@ -25,39 +25,56 @@ def logits_to_labels(logits: np.ndarray, need_labels: bool = True, need_confiden
     """K×h×w logits → (labels h×w uint8/uint16, confidence h×w float32 in [0, 1]); either may be skipped (None).
 
     Ties go to the lowest class id. Confidence is max softmax = 1 / Σ_k exp(l_k − max_k l).
+    A running max over the K planes with OpenCV element-wise ops: several times faster than numpy's
+    strided arg-max over axis 0, and no K×h×w temporaries.
     """
     if logits.ndim != 3 or logits.shape[0] < 1:
         raise RgbtSegError(f"logits: expected K×h×w, got shape {logits.shape}")
-    logits = np.asarray(logits, dtype=np.float32)
-    k = logits.shape[0]
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    k, h, w = logits.shape
     labels = conf = None
     best = logits[0].copy()
+    dtype = label_dtype(k)
     if need_labels:
-        labels = np.zeros(best.shape, label_dtype(k))
+        labels = np.zeros((h, w), dtype)
+        mask = np.empty((h, w), np.uint8)
+        won = np.empty((h, w), dtype)
     for c in range(1, k):
         if need_labels:
-            labels[logits[c] > best] = c  # strictly greater: ties keep the lower id
-        np.maximum(best, logits[c], out=best)
+            cv2.compare(logits[c], best, cv2.CMP_GT, dst=mask)  # strictly greater: ties keep the lower id
+            if dtype == np.uint8:
+                # classes are visited in increasing order, so "c where c wins, else keep" is a max
+                cv2.bitwise_and(mask, c, dst=won)
+                cv2.max(labels, won, dst=labels)
+            else:
+                np.copyto(labels, np.uint16(c), where=mask.astype(bool))
+        cv2.max(best, logits[c], dst=best)
     if need_confidence:
-        h, w = best.shape
         acc = np.zeros((h, w), np.float32)
         tmp = np.empty((h, w), np.float32)
         for c in range(k):
             cv2.subtract(logits[c], best, dst=tmp)
             cv2.exp(tmp, dst=tmp)
-            acc += tmp
+            cv2.add(acc, tmp, dst=acc)
         conf = cv2.divide(1.0, acc)  # acc ≥ 1 (the arg-max term is exp(0)), so conf ∈ (0, 1]
     return labels, conf
 
 
-def colourize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """h×w integer labels → h×w×3 uint8 RGB; ids past the palette are drawn black."""
+def colour_lut(palette: np.ndarray) -> np.ndarray:
+    """256×1×3 uint8 table for ``cv2.applyColorMap``; ids past the palette are black."""
     palette = np.asarray(palette, np.uint8).reshape(-1, 3)
+    lut = np.zeros((256, 1, 3), np.uint8)
+    n = min(256, len(palette))
+    lut[:n, 0] = palette[:n]
+    return lut
+
+
+def colourize(labels: np.ndarray, palette: np.ndarray, lut: np.ndarray | None = None) -> np.ndarray:
+    """h×w integer labels → h×w×3 uint8 RGB; ids past the palette are drawn black."""
     if labels.dtype == np.uint8:
-        lut = np.zeros((256, 1, 3), np.uint8)
-        n = min(256, len(palette))
-        lut[:n, 0] = palette[:n]
-        return cv2.LUT(cv2.merge([labels, labels, labels]), lut)
+        # applyColorMap with a user table is a plain per-pixel lookup (no BGR swap): the RGB table gives RGB
+        return cv2.applyColorMap(labels, colour_lut(palette) if lut is None else lut)
+    palette = np.asarray(palette, np.uint8).reshape(-1, 3)
     full = np.zeros((int(labels.max(initial=0)) + 1, 3), np.uint8)
     n = min(len(full), len(palette))
     full[:n] = palette[:n]

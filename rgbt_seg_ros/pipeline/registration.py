@@ -56,7 +56,10 @@ def undistort_pixels(cam: CameraModel, u: np.ndarray, v: np.ndarray) -> tuple[np
     else:
         # more iterations than cv2's default 5: thermal lenses (k1 ≈ −0.4) need them near the corners
         crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-10)
-        out = cv2.undistortPointsIter(pts, cam.K, cam.D, None, None, crit)
+        if hasattr(cv2, "undistortPointsIter"):  # OpenCV 4.x
+            out = cv2.undistortPointsIter(pts, cam.K, cam.D, None, None, crit)
+        else:  # OpenCV 5 folded the criteria into undistortPoints
+            out = cv2.undistortPoints(pts, cam.K, cam.D, criteria=crit)
     return out[:, 0, 0].reshape(u.shape), out[:, 0, 1].reshape(u.shape)
 
 
@@ -176,8 +179,8 @@ class Registrar:
         ax, ay = self.aux_coords(u, v, aux_hw, rgb_hw)
         ax = np.where(outside, _OUTSIDE, ax).astype(np.float32)
         ay = np.where(outside, _OUTSIDE, ay).astype(np.float32)
-        # fixed-point maps: cv2.remap is about twice as fast with them, at 1/32 px interpolation steps
-        maps = cv2.convertMaps(ax, ay, cv2.CV_16SC2)
+        # float maps: with OpenCV's vectorised remap they are as fast as fixed-point ones here, and exact
+        maps = (ax, ay)
         if len(self._maps) >= _MAX_CACHED:
             self._maps.pop(next(iter(self._maps)))
         self._maps[key] = maps
@@ -185,10 +188,10 @@ class Registrar:
         return maps
 
     def warp(self, aux: np.ndarray, rgb_hw: tuple[int, int], tf: ResizeTransform | None = None,
-             interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+             interpolation: int = cv2.INTER_LINEAR, border_value: float = 0.0) -> np.ndarray:
         """Warp an aux image into the RGB grid (``tf=None``) or straight into the network grid of ``tf``.
 
-        Pixels the aux camera does not see are 0.
+        Pixels the aux camera does not see get ``border_value`` (clamped to the image dtype's range).
         """
         if aux.ndim != 2 or min(aux.shape) < 2:
             raise RgbtSegError(f"registration: aux image of shape {aux.shape} cannot be registered")
@@ -197,7 +200,10 @@ class Registrar:
         if tf is not None and tuple(tf.src_hw) != tuple(rgb_hw):
             raise RgbtSegError(f"registration: resize transform is for {tf.src_hw}, RGB image is {rgb_hw}")
         m1, m2 = self._maps_for(aux.shape[:2], tuple(rgb_hw), tf)
-        return cv2.remap(aux, m1, m2, interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        if aux.dtype.kind in "ui":
+            info = np.iinfo(aux.dtype)
+            border_value = float(min(max(border_value, info.min), info.max))
+        return cv2.remap(aux, m1, m2, interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
 
     # -- depth ----------------------------------------------------------------------------------
     def _depth_rays(self, cam: CameraModel) -> tuple[np.ndarray, np.ndarray]:
