@@ -12,7 +12,8 @@ import pytest
 
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.ros import health, messages
-from rgbt_seg_ros.ros.params import PARAMS, SPECS, pipeline_config_dict, resolve_against_card, validate_params
+from rgbt_seg_ros.ros.params import (PARAMS, SPECS, check_device, pipeline_config_dict, resolve_against_card,
+                                    validate_params)
 from rgbt_seg_ros.ros.slot import LatestSlot
 
 
@@ -65,6 +66,19 @@ def test_card_resolution():
     with pytest.raises(RgbtSegError, match="cannot feed network x"):
         resolve_against_card(validate_params({"input_height": 480, "input_width": 650}),
                              types.SimpleNamespace(modality="thermal", network="x"), size_multiple=32)
+
+
+def test_fixed_size_graph_and_missing_cuda():
+    card = types.SimpleNamespace(modality="thermal", network="x")
+    with pytest.raises(RgbtSegError, match="480x640 but the ONNX graph takes only 384x640"):
+        resolve_against_card(validate_params({"input_height": 480, "input_width": 640}), card, fixed_hw=(384, 640))
+    resolve_against_card(validate_params({"input_height": 384, "input_width": 640}), card, fixed_hw=(384, 640))
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RgbtSegError, match=r"^parameter device: cuda:1 asked for, but torch sees 0 CUDA device"):
+        check_device(validate_params({"device": "cuda:1"}))
+    check_device(validate_params({"device": "cuda", "backend": "onnxruntime"}))  # onnxruntime checks its own
 
 
 def test_pipeline_config_accepts_the_node_parameters():

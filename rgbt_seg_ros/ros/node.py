@@ -16,6 +16,7 @@ import time
 
 import message_filters
 import rclpy
+import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
@@ -28,8 +29,8 @@ from std_msgs.msg import ColorRGBA
 
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.ros import health, messages
-from rgbt_seg_ros.ros.params import (PARAMS, SPECS, check_value, pipeline_config_dict, resolve_against_card,
-                                    validate_params)
+from rgbt_seg_ros.ros.params import (PARAMS, SPECS, check_device, check_value, pipeline_config_dict,
+                                    resolve_against_card, validate_params)
 from rgbt_seg_ros.ros.slot import LatestSlot
 
 NODE_NAME = "rgbt_seg"
@@ -55,6 +56,15 @@ def _descriptor(spec) -> ParameterDescriptor:
     return d
 
 
+def _fixed_input_hw(backend) -> tuple[int, int] | None:
+    """(h, w) of an onnxruntime session whose rgb input has static spatial dims, else None."""
+    session = getattr(backend, "session", None)
+    if session is None:
+        return None
+    shape = session.get_inputs()[0].shape
+    return (shape[2], shape[3]) if len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]) else None
+
+
 class RgbtSegNode(Node):
     def __init__(self, **node_kwargs):
         super().__init__(NODE_NAME, **node_kwargs)
@@ -71,11 +81,12 @@ class RgbtSegNode(Node):
         from rgbt_seg_ros.pipeline.config import PipelineConfig
         from rgbt_seg_ros.pipeline.pipeline import SegmentationPipeline
 
+        check_device(self.cfg)
         self.backend = create_backend(self.cfg.model_file or None, self.cfg.backend, self.cfg.device,
                                       self.cfg.precision)
         self.card = self.backend.card
         size_multiple = int(getattr(getattr(self.backend, "network", None), "size_multiple", 32) or 1)
-        resolve_against_card(self.cfg, self.card, size_multiple)
+        resolve_against_card(self.cfg, self.card, size_multiple, _fixed_input_hw(self.backend))
         self.pipeline = SegmentationPipeline(self.backend, PipelineConfig.from_dict(pipeline_config_dict(self.cfg)))
         self.model_file = self.cfg.model_file or "(built-in)"
         self.modality = self.cfg.modality
@@ -91,7 +102,8 @@ class RgbtSegNode(Node):
         self._rgb_camera = None
         self._aux_camera = None
         self._last_error = ("", 0.0)
-        self._started = self._now()
+        self._started: float | None = None  # set by the first clock reading > 0 (sim time may start at 0)
+        self._start_ref(self._now())
 
         sensor_qos = qos_profile_sensor_data if self.cfg.qos_reliability == "best_effort" else QoSProfile(
             depth=self.cfg.qos_depth, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
@@ -138,8 +150,14 @@ class RgbtSegNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def _start_ref(self, now: float) -> float:
+        # With use_sim_time the clock reads 0 until /clock arrives: start counting from the first real time.
+        if self._started is None or (self._started == 0.0 and now > 0.0):
+            self._started = now
+        return self._started
+
     def _aux_lost(self, now: float) -> bool:
-        return self.aux_monitor.stale(now, self.cfg.aux_timeout, self._started)
+        return self.aux_monitor.stale(now, self.cfg.aux_timeout, self._start_ref(now))
 
     def _on_pair(self, rgb_msg, aux_msg) -> None:
         # Runs under message_filters' lock: hand over and return, never infer here.
@@ -262,7 +280,7 @@ class RgbtSegNode(Node):
         with self._lock:
             text, when = self._last_error
         return health.build_diagnostics(
-            node_name=self.get_name(), now=now, started=self._started, rgb=self.rgb_monitor, aux=self.aux_monitor,
+            node_name=self.get_name(), now=now, started=self._start_ref(now), rgb=self.rgb_monitor, aux=self.aux_monitor,
             modality=self.modality, aux_timeout=self.cfg.aux_timeout,
             rgb_only_possible=self.rgb_only_possible and self.cfg.allow_rgb_only, counters=self.counters,
             latency=self.latency, output_rate=self.out_monitor.rate(now),

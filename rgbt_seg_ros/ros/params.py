@@ -210,8 +210,26 @@ def _check_rotation(rvals: list[float]) -> None:
         raise RgbtSegError("parameter extrinsic_rotation: not a rotation matrix (R·Rᵀ ≠ I or det ≠ 1)")
 
 
-def resolve_against_card(cfg: NodeConfig, card, size_multiple: int = 32) -> NodeConfig:
-    """Fill 'auto'/0 from the model card and check what the loaded network can take."""
+def check_device(cfg: NodeConfig) -> None:
+    """A torch model on cuda without a usable CUDA device fails here with one line, not a torch traceback."""
+    uses_torch = cfg.backend != "onnxruntime" and not cfg.model_file.endswith(".onnx")
+    if not uses_torch or cfg.device == "cpu":
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(cfg.device.split(":")[1]) if ":" in cfg.device else 0
+    if index >= count:
+        raise RgbtSegError(f"parameter device: {cfg.device} asked for, but torch sees "
+                           f"{count} CUDA device(s); use cpu or install a CUDA build of torch")
+
+
+def resolve_against_card(cfg: NodeConfig, card, size_multiple: int = 32,
+                         fixed_hw: tuple[int, int] | None = None) -> NodeConfig:
+    """Fill 'auto'/0 from the model card and check what the loaded network can take.
+
+    ``fixed_hw``: the (h, w) an exported graph was built for, when its input size is not dynamic.
+    """
     if cfg.modality == "auto":
         cfg.modality = card.modality
     elif cfg.modality != card.modality:
@@ -223,6 +241,9 @@ def resolve_against_card(cfg: NodeConfig, card, size_multiple: int = 32) -> Node
         if h < size_multiple or w < size_multiple or h % size_multiple or w % size_multiple:
             raise RgbtSegError(f"parameter input_height/input_width: {h}x{w} cannot feed network {card.network} "
                                f"(needs multiples of {size_multiple}, at least {size_multiple})")
+        if fixed_hw is not None and (h, w) != tuple(fixed_hw):
+            raise RgbtSegError(f"parameter input_height/input_width: {h}x{w} but the ONNX graph takes only "
+                               f"{fixed_hw[0]}x{fixed_hw[1]}; re-export or leave both 0")
     return cfg
 
 
