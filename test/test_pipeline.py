@@ -1,0 +1,180 @@
+"""SegmentationPipeline end to end with a real (tiny) torch network behind the real TorchBackend."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.inference.artifact import ModelCard
+from rgbt_seg_ros.inference.torch_backend import TorchBackend
+from rgbt_seg_ros.pipeline import CameraModel, Extrinsics, PipelineConfig, SegmentationPipeline, get_class_set
+from rgbt_seg_ros.pipeline.registration import plane_homography
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+class WarmIsClassOne(torch.nn.Module):
+    """1×1 convolution over concat(rgb, aux): class 1 wherever the standardised aux is positive
+    (i.e. above the card's aux_mean in [0, 1] terms); class 0 elsewhere."""
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, num_classes, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[1, 3] = 4.0
+        self.seen_aux = []
+
+    def forward(self, rgb, aux):
+        self.seen_aux.append(aux.detach().clone())
+        return self.conv(torch.cat([rgb, aux], 1))
+
+
+def make_pipeline(config=None, input_size=(240, 320), modality="thermal", num_classes=2):
+    cs = get_class_set("mfnet")
+    card = ModelCard(network="test_1x1", num_classes=num_classes, class_names=list(cs.class_names[:num_classes]),
+                     palette=[list(c) for c in cs.palette[:num_classes]], input_size=input_size, modality=modality)
+    net = WarmIsClassOne(num_classes)
+    return SegmentationPipeline(TorchBackend(net, card), config), net
+
+
+def hot_square(hw, box, cold=20000, hot=30000):
+    img = np.full(hw, cold, np.uint16)
+    y0, y1, x0, x1 = box
+    img[y0:y1, x0:x1] = hot
+    return img
+
+
+def test_identity_pipeline_end_to_end():
+    pipe, net = make_pipeline({"normalization": {"thermal_agc": "fixed", "thermal_range": [19000, 31000]}})
+    rgb = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    aux = hot_square((480, 640), (100, 300, 200, 500))
+    r = pipe.process(rgb, aux, "mono16")
+    assert r.aux_used and r.labels.shape == (480, 640) and r.labels.dtype == np.uint8
+    assert (r.labels[110:290, 210:490] == 1).all() and (r.labels[:90] == 0).all() and (r.labels[:, :190] == 0).all()
+    assert r.colour.shape == (480, 640, 3) and r.colour[200, 300].tolist() == [64, 0, 128]  # MFNet "car" colour
+    assert r.confidence.dtype == np.float32 and 0.5 <= r.confidence.min() and r.confidence.max() <= 1.0
+    assert r.overlay.shape == (480, 640, 3) and r.registered_aux is None
+    for stage in ("preprocess_rgb", "register", "normalize_aux", "infer", "postprocess", "colour", "overlay", "total"):
+        assert stage in r.timings and r.timings[stage] >= 0
+    # the network saw the aux normalised with the card's mean/std at its input size
+    seen = net.seen_aux[-1]
+    assert seen.shape == (1, 1, 240, 320)
+    assert float(seen.min()) == pytest.approx((1000 / 12000 - 0.5) / 0.25, abs=1e-4)
+
+
+def test_outputs_not_requested_are_not_computed():
+    pipe, _ = make_pipeline()
+    rgb = np.zeros((240, 320, 3), np.uint8)
+    aux = hot_square((240, 320), (10, 50, 10, 50))
+    r = pipe.process(rgb, aux, "mono16", outputs={"labels"})
+    assert r.labels is not None and r.colour is None and r.confidence is None and r.overlay is None
+    assert "colour" not in r.timings and "overlay" not in r.timings
+    r = pipe.process(rgb, aux, "mono16", outputs={"confidence", "registered_aux"})
+    assert r.labels is None and r.confidence is not None and r.registered_aux.shape == (240, 320)
+    with pytest.raises(RgbtSegError, match="outputs: unknown"):
+        pipe.process(rgb, aux, "mono16", outputs={"labels", "depth"})
+
+
+def test_rgb_only_when_aux_is_missing():
+    pipe, net = make_pipeline()
+    r = pipe.process(np.zeros((240, 320, 3), np.uint8), None, "mono16")
+    assert not r.aux_used and (r.labels == 0).all()
+    assert np.allclose(r.confidence, 0.5)  # two equal logits: the zero aux that modality dropout trains with
+    assert float(net.seen_aux[-1].abs().max()) == 0.0
+
+
+def test_bad_inputs():
+    pipe, _ = make_pipeline()
+    with pytest.raises(RgbtSegError, match="rgb image"):
+        pipe.process(np.zeros((240, 320), np.uint8), None)
+    with pytest.raises(RgbtSegError, match="rgb image"):
+        pipe.process(np.zeros((240, 320, 3), np.float32), None)
+    with pytest.raises(RgbtSegError, match="thermal image: encoding 'bgr8'"):
+        pipe.process(np.zeros((240, 320, 3), np.uint8), np.zeros((240, 320), np.uint8), "bgr8")
+    with pytest.raises(RgbtSegError, match="aspect"):
+        pipe.process(np.zeros((240, 320, 3), np.uint8), np.zeros((240, 240), np.uint8), "mono8")
+
+
+def test_plane_registration_with_camera_infos_per_call():
+    rgb_info = SimpleNamespace(k=[600, 0, 320, 0, 600, 240, 0, 0, 1], d=[0.0] * 5, width=640, height=480,
+                               distortion_model="plumb_bob", header=SimpleNamespace(frame_id="rgb"))
+    th_cam = CameraModel(K=[[400, 0, 160], [0, 400, 128], [0, 0, 1]], D=np.zeros(5), width=320, height=256)
+    ext = Extrinsics(np.eye(3), [0.1, 0.0, 0.0])
+    pipe, _ = make_pipeline({"registration": {"mode": "plane", "plane_distance": 2.0},
+                             "normalization": {"thermal_agc": "fixed", "thermal_range": [19000, 31000]}})
+    aux = hot_square((256, 320), (98, 158, 130, 190))
+    r = pipe.process(np.zeros((480, 640, 3), np.uint8), aux, "mono16", rgb_camera=rgb_info, aux_camera=th_cam,
+                     extrinsics=ext, outputs={"labels", "registered_aux"})
+    H = plane_homography(np.array(rgb_info.k).reshape(3, 3), th_cam.K, ext, 2.0)
+    c = H @ np.array([159.5, 127.5, 1.0])
+    expect = c[:2] / c[2]  # the square's centre seen by the RGB camera: 30 px to the right of centre
+    ys, xs = np.nonzero(r.labels == 1)
+    assert abs(xs.mean() - expect[0]) < 1.0 and abs(ys.mean() - expect[1]) < 1.0
+    assert abs(xs.mean() - 319.5 - 30.0) < 1.0
+    ys2, xs2 = np.nonzero(r.registered_aux > 0.5)
+    assert abs(xs2.mean() - expect[0]) < 0.5 and r.registered_aux.shape == (480, 640)
+    # no calibration at all: a clear error instead of a silent identity
+    pipe2, _ = make_pipeline({"registration": {"mode": "plane"}})
+    with pytest.raises(RgbtSegError, match="needs rgb camera, aux camera, extrinsics"):
+        pipe2.process(np.zeros((480, 640, 3), np.uint8), aux, "mono16")
+
+
+def test_depth_pipeline_and_letterbox():
+    cam = CameraModel(K=[[300, 0, 159.5], [0, 300, 119.5], [0, 0, 1]], D=np.zeros(5), width=320, height=240)
+    depth = np.full((240, 320), 8000, np.uint16)  # 8 m far ...
+    depth[:, :80] = 0  # ... an invalid strip ...
+    depth[60:180, 120:200] = 1000  # ... and a near box at 1 m
+    cfg = {"registration": {"mode": "depth", "hole_fill": 1}, "normalization": {"depth_range": [0, 10]},
+           "resize_mode": "letterbox"}
+    pipe, net = make_pipeline(cfg, input_size=(240, 240), modality="depth")
+    r = pipe.process(np.zeros((240, 320, 3), np.uint8), depth, "16UC1", rgb_camera=cam, aux_camera=cam,
+                     extrinsics=Extrinsics.identity(), outputs={"labels", "registered_aux"})
+    # far (0.8) is above the 0.5 threshold; near (0.1) and invalid (0) are below
+    assert r.labels.shape == (240, 320)
+    assert (r.labels[100:140, 240:300] == 1).all() and (r.labels[80:160, 130:190] == 0).all()
+    assert (r.labels[:, 10:60] == 0).all()
+    assert np.allclose(r.registered_aux[100, 150], 0.1) and r.registered_aux[100, 20] == 0
+    assert np.isfinite(net.seen_aux[-1].numpy()).all() and net.seen_aux[-1].shape == (1, 1, 240, 240)
+
+
+def test_config_from_dict_and_yaml_name_the_bad_key(tmp_path):
+    cfg = PipelineConfig.from_dict({"registration": {"mode": "homography", "homography": np.eye(3).tolist()},
+                                    "overlay_alpha": 0.3})
+    assert cfg.registration.mode == "homography" and cfg.overlay_alpha == 0.3
+    with pytest.raises(RgbtSegError, match=r"registration\.mdoe: unknown key"):
+        PipelineConfig.from_dict({"registration": {"mdoe": "plane"}})
+    with pytest.raises(RgbtSegError, match=r"pipeline\.colour_alpha: unknown key"):
+        PipelineConfig.from_dict({"colour_alpha": 0.3})
+    with pytest.raises(RgbtSegError, match="overlay_alpha"):
+        PipelineConfig.from_dict({"overlay_alpha": 2})
+    with pytest.raises(RgbtSegError, match="resize_mode"):
+        PipelineConfig(resize_mode="crop")
+    p = tmp_path / "pipe.yaml"
+    p.write_text("pipeline:\n  resize_mode: letterbox\n  normalization:\n    thermal_percentiles: [2, 98]\n")
+    cfg = PipelineConfig.from_yaml(p)
+    assert cfg.resize_mode == "letterbox" and cfg.normalization.thermal_percentiles == (2.0, 98.0)
+    p.write_text("pipeline: [unclosed\n")
+    with pytest.raises(RgbtSegError, match="not valid YAML"):
+        PipelineConfig.from_yaml(p)
+
+
+@pytest.mark.skipif(not (DATA / "msrs-rgbt").is_dir(), reason="shared/data/msrs-rgbt is absent")
+def test_real_msrs_pair_identity():
+    vi = sorted((DATA / "msrs-rgbt" / "vi").glob("*.png"))[0]
+    rgb = cv2.cvtColor(cv2.imread(str(vi), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    ir = cv2.imread(str(DATA / "msrs-rgbt" / "ir" / vi.name), cv2.IMREAD_UNCHANGED)
+    if ir.ndim == 3:
+        ir = ir[:, :, 0]
+    pipe, _ = make_pipeline(input_size=(480, 640))
+    r = pipe.process(rgb, ir, "mono8", outputs={"labels", "colour", "confidence", "overlay", "registered_aux"})
+    assert np.allclose(r.registered_aux, ir / 255.0, atol=1e-6)  # same size, identity: the image itself
+    decided = np.abs(ir.astype(float) / 255 - 0.5) > 0.02
+    agree = (r.labels == (ir > 127.5))[decided].mean()
+    assert agree > 0.999 and r.overlay.shape == rgb.shape
