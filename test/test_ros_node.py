@@ -392,10 +392,12 @@ def test_runtime_parameter_changes(standin, model_files):
     ({"slop": 1}, "parameter slop:"),
     ({"modality": "depth"}, "parameter modality: depth but the model was trained on thermal"),
     ({"device": "gpu0"}, "parameter device: 'gpu0' is not cpu, cuda or cuda:N"),
+    ({"model_file": ""}, "parameter model_file: model file "),  # built-in model pointed at a missing file
     ({"homography": [1, 0, 0, 0, 1, 0, 0, 0, 1]}, "parameter homography:"),  # integers: rclpy's static typing
 ])
-def test_bad_parameters_fail_at_start_with_one_line(standin, model_files, overrides, expected):
+def test_bad_parameters_fail_at_start_with_one_line(standin, model_files, overrides, expected, monkeypatch, tmp_path):
     state, mod, _ = standin
+    monkeypatch.setenv("RGBT_SEG_BUILTIN_MODEL", str(tmp_path / "missing.safetensors"))
     state.overrides = {"model_file": str(model_files["fusion_only"]), **overrides}
     assert mod.main([]) == 2
     fatal = [m for lvl, m in state.logs if lvl == "FATAL"]

@@ -82,8 +82,12 @@ class RgbtSegNode(Node):
         from rgbt_seg_ros.pipeline.pipeline import SegmentationPipeline
 
         check_device(self.cfg)
-        self.backend = create_backend(self.cfg.model_file or None, self.cfg.backend, self.cfg.device,
-                                      self.cfg.precision)
+        try:
+            self.backend = create_backend(self.cfg.model_file or None, self.cfg.backend, self.cfg.device,
+                                          self.cfg.precision)
+        except RgbtSegError as exc:
+            text = str(exc)
+            raise RgbtSegError(text if text.startswith("parameter ") else f"parameter model_file: {text}") from None
         self.card = self.backend.card
         size_multiple = int(getattr(getattr(self.backend, "network", None), "size_multiple", 32) or 1)
         resolve_against_card(self.cfg, self.card, size_multiple, _fixed_input_hw(self.backend))
@@ -105,11 +109,13 @@ class RgbtSegNode(Node):
         self._started: float | None = None  # set by the first clock reading > 0 (sim time may start at 0)
         self._start_ref(self._now())
 
-        sensor_qos = qos_profile_sensor_data if self.cfg.qos_reliability == "best_effort" else QoSProfile(
-            depth=self.cfg.qos_depth, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        if self.cfg.qos_reliability == "best_effort" and self.cfg.qos_depth != 5:
-            sensor_qos = QoSProfile(depth=self.cfg.qos_depth, reliability=ReliabilityPolicy.BEST_EFFORT,
-                                    history=HistoryPolicy.KEEP_LAST)
+        best_effort = self.cfg.qos_reliability == "best_effort"
+        if best_effort and self.cfg.qos_depth == qos_profile_sensor_data.depth:
+            sensor_qos = qos_profile_sensor_data
+        else:
+            sensor_qos = QoSProfile(depth=self.cfg.qos_depth, history=HistoryPolicy.KEEP_LAST,
+                                    reliability=ReliabilityPolicy.BEST_EFFORT if best_effort
+                                    else ReliabilityPolicy.RELIABLE)
         inputs = ReentrantCallbackGroup()
         self._aux_topic = f"{self.modality}/image"
         self._rgb_sub = message_filters.Subscriber(self, Image, "rgb/image", qos_profile=sensor_qos,
