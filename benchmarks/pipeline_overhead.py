@@ -56,6 +56,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--outputs", default="labels,colour,confidence,overlay",
+                    help="comma-separated outputs to compute (a node computes only what is subscribed)")
     args = ap.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -73,11 +75,14 @@ def main() -> int:
     rng = np.random.default_rng(0)
     rgbs = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(4)]
     ths = [rng.integers(20000, 30000, (512, 640), dtype=np.uint16) for _ in range(4)]
+    outputs = frozenset(o.strip() for o in args.outputs.split(",") if o.strip())
+    print(f"outputs: {', '.join(sorted(outputs))}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     stats = LatencyStats()
     overhead, overhead_cpu = [], []
     for i in range(args.warmup + args.iters):
         t_cpu = time.thread_time()
-        r = pipe.process(rgbs[i % 4], ths[i % 4], "mono16", rgb_camera=rgb_cam, aux_camera=th_cam, extrinsics=ext)
+        r = pipe.process(rgbs[i % 4], ths[i % 4], "mono16", rgb_camera=rgb_cam, aux_camera=th_cam, extrinsics=ext,
+                         outputs=outputs)
         cpu_ms = (time.thread_time() - t_cpu) * 1e3
         if i >= args.warmup:
             stats.add(r.timings)

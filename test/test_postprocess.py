@@ -26,6 +26,13 @@ def test_labels_and_confidence_match_reference(k):
     assert conf.min() >= 1.0 / k - 1e-6 and conf.max() <= 1.0
 
 
+def test_confidence_is_stable_for_extreme_logits():
+    logits = np.array([[[200.0, -300.0]], [[190.0, -310.0]]], np.float32)  # exp() would overflow / underflow
+    labels, conf = logits_to_labels(logits)
+    assert labels.tolist() == [[0, 0]]
+    assert np.allclose(conf, 1 / (1 + np.exp(-10.0)), atol=1e-6) and np.isfinite(conf).all()
+
+
 def test_ties_go_to_lowest_id_and_outputs_can_be_skipped():
     logits = np.zeros((3, 2, 2), np.float32)
     logits[2, 0, 0] = 1.0

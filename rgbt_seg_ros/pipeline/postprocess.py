@@ -50,13 +50,25 @@ def logits_to_labels(logits: np.ndarray, need_labels: bool = True, need_confiden
                 np.copyto(labels, np.uint16(c), where=mask.astype(bool))
         cv2.max(best, logits[c], dst=best)
     if need_confidence:
-        acc = np.zeros((h, w), np.float32)
+        acc = np.empty((h, w), np.float32)
         tmp = np.empty((h, w), np.float32)
-        for c in range(k):
-            cv2.subtract(logits[c], best, dst=tmp)
-            cv2.exp(tmp, dst=tmp)
-            cv2.add(acc, tmp, dst=acc)
-        conf = cv2.divide(1.0, acc)  # acc ≥ 1 (the arg-max term is exp(0)), so conf ∈ (0, 1]
+        low, top, _, _ = cv2.minMaxLoc(best)
+        if top < 80.0 and low > -80.0:
+            # exp(l) neither overflows nor underflows float32 here: Σ exp(l_k) / exp(max) needs no per-class
+            # subtraction
+            cv2.exp(logits[0], dst=acc)
+            for c in range(1, k):
+                cv2.exp(logits[c], dst=tmp)
+                cv2.add(acc, tmp, dst=acc)
+            conf = cv2.divide(cv2.exp(best), acc)
+        else:
+            acc.fill(0.0)
+            for c in range(k):
+                cv2.subtract(logits[c], best, dst=tmp)
+                cv2.exp(tmp, dst=tmp)
+                cv2.add(acc, tmp, dst=acc)
+            conf = cv2.divide(1.0, acc)  # acc ≥ 1 (the arg-max term is exp(0)), so conf ∈ (0, 1]
+        cv2.min(conf, 1.0, dst=conf)
     return labels, conf
 
 

@@ -10,7 +10,9 @@ import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
 
-_INTERP = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
+# INTER_NEAREST_EXACT: nearest neighbour with the same pixel-centre convention as the linear modes
+# (plain INTER_NEAREST is shifted by up to half a pixel), so labels line up with the confidence map
+_INTERP = {"nearest": cv2.INTER_NEAREST_EXACT, "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
 _OUTSIDE = -1.0e4  # a map coordinate far outside any image: cv2.remap gives the border value there
 
 
