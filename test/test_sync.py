@@ -182,3 +182,13 @@ def test_latest_camera_info():
     h.update(_info(510.0, lower=False, stamp=1.3))  # a ROS 1 message with upper-case fields
     assert h.get().K[0, 0] == 510.0 and h.stamp == pytest.approx(1.3)
     assert h.get(at=10.0) is None  # older than max_age at the image's stamp
+
+
+def test_unusable_camera_info_is_reported_not_raised():
+    h = LatestCameraInfo("thermal/camera_info")
+    info = _info(500.0)
+    info.k = [0.0] * 9  # an uncalibrated driver
+    h.update(info)
+    assert h.get() is None and "thermal/camera_info" in h.error and "uncalibrated" in h.error
+    h.update(_info(500.0))
+    assert h.get() is not None and h.error is None

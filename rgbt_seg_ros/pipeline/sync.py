@@ -232,6 +232,7 @@ class LatestCameraInfo:
         self._model = None
         self._raw_key = None
         self.updates = 0
+        self.error: str | None = None
 
     def update(self, msg, stamp=None) -> None:
         from rgbt_seg_ros.pipeline.camera import CameraModel
@@ -242,7 +243,10 @@ class LatestCameraInfo:
                    tuple(np.asarray(d if d is not None else [], dtype=np.float64).reshape(-1)),
                    getattr(msg, "width", None), getattr(msg, "height", None), getattr(msg, "distortion_model", None))
         if raw_key != self._raw_key:
-            self._model = CameraModel.from_camera_info(msg, self.name)
+            try:
+                self._model, self.error = CameraModel.from_camera_info(msg, self.name), None
+            except RgbtSegError as exc:
+                self._model, self.error = None, str(exc)
             self._raw_key = raw_key
         self._msg = msg
         if stamp is None:
