@@ -112,20 +112,25 @@ def test_truncated_storage_files(tmp_path):
                 list(bag.messages())
 
 
-@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
-def test_rosbag2_copy_is_verbatim(tmp_path, storage):
+@pytest.mark.parametrize("source, storage", [("test_bag_sqlite3", "mcap"), ("test_bag_mcap", "sqlite3")])
+def test_rosbag2_copy_is_verbatim(tmp_path, source, storage):
     _need(FIXTURE)
-    src = FIXTURE / "test_bag_mcap"
+    src = FIXTURE / source
     out = tmp_path / "copy"
     with BagReader(src) as bag, BagWriter(out, storage=storage, protect=[src]) as w:
         originals = []
-        for m in bag.messages(["/test/sensor_msgs/camera_info", "/test/sensor_msgs/image"]):
+        for m in bag.messages():  # ~90 message types, 2 messages each
             w.add_connection(m.topic, m.msgtype, *bag.ros2_definition(m.connection))
-            w.write_raw(m.topic, m.log_time, bag.to_cdr(m))
+            w.write_raw(m.topic, m.log_time, bag.to_cdr(m), m.msgtype)
             originals.append((m.topic, m.log_time, bytes(m.raw)))
     with AnyReader([out]) as reader:
         copied = [(c.topic, t, bytes(raw)) for c, t, raw in reader.messages()]
-    assert sorted(copied) == sorted(originals) and len(copied) == 4
+        types = {c.topic: c.msgtype for c in reader.connections}
+    assert sorted(copied) == sorted(originals) and len(copied) == 188
+    if storage == "mcap":  # Foxglove's decoder reads every copied message with the copied definitions
+        decoded = _mcap_ros2(out / "copy.mcap")
+        assert len(decoded) == 188
+        assert all(schema.name == types[channel.topic] for schema, channel, _, _ in decoded)
 
 
 def test_ros1_to_rosbag2_readable_by_mcap_ros2(tmp_path):

@@ -267,7 +267,7 @@ class BagWriter:
         self.typestore = output_typestore()
         self._writer: Writer | None = None
         self._tmpdir: Path | None = None
-        self._conns: dict[str, Connection] = {}
+        self._conns: dict[tuple[str, str], Connection] = {}
         self.counts: dict[str, int] = {}
 
     def __enter__(self) -> "BagWriter":
@@ -292,9 +292,10 @@ class BagWriter:
 
     def add_connection(self, topic: str, msgtype: str, msgdef: str | None = None, rihs01: str | None = None,
                        ) -> Connection:
-        """Declare a topic once; standard and package types come from the output typestore."""
-        if topic in self._conns:
-            return self._conns[topic]
+        """Declare (topic, type) once; standard and package types come from the output typestore."""
+        key = (topic, msgtype)
+        if key in self._conns:
+            return self._conns[key]
         assert self._writer is not None, "BagWriter used outside its with-block"
         if msgdef is not None and rihs01 is not None:
             conn = self._writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01=rihs01)
@@ -302,18 +303,25 @@ class BagWriter:
             if msgtype not in self.typestore.fielddefs:
                 raise RgbtSegError(f"topic {topic}: message type {msgtype} is unknown to the output typestore")
             conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
-        self._conns[topic] = conn
-        self.counts[topic] = 0
+        self._conns[key] = conn
+        self.counts.setdefault(topic, 0)
         return conn
 
-    def write_raw(self, topic: str, log_time: int, data: bytes | memoryview) -> None:
-        self._writer.write(self._conns[topic], int(log_time), data)
+    def write_raw(self, topic: str, log_time: int, data: bytes | memoryview, msgtype: str | None = None) -> None:
+        """Write serialised CDR bytes; ``msgtype`` is needed only when a topic carries several types."""
+        if msgtype is None:
+            keys = [k for k in self._conns if k[0] == topic]
+            if len(keys) != 1:
+                raise RgbtSegError(f"topic {topic}: {'not declared' if not keys else 'has several types'}; "
+                                   f"pass msgtype")
+            msgtype = keys[0][1]
+        self._writer.write(self._conns[(topic, msgtype)], int(log_time), data)
         self.counts[topic] += 1
 
     def write(self, topic: str, log_time: int, msg: Any, msgtype: str) -> None:
         """Serialise ``msg`` (a class from ``self.typestore.types``) as CDR and write it."""
         self.add_connection(topic, msgtype)
-        self.write_raw(topic, log_time, self.typestore.serialize_cdr(msg, msgtype))
+        self.write_raw(topic, log_time, self.typestore.serialize_cdr(msg, msgtype), msgtype)
 
     def msg_class(self, msgtype: str) -> Any:
         return self.typestore.types[msgtype]

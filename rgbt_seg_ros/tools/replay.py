@@ -91,6 +91,7 @@ class ReplaySummary:
     pairs: int = 0
     unpaired: dict = field(default_factory=dict)  # stream -> reason -> count
     skew_ms: dict = field(default_factory=dict)
+    queued_at_end: dict = field(default_factory=dict)  # stream -> frames still undecided when the bag ended
     latency_ms: dict = field(default_factory=dict)  # stage -> p50/p95/p99/...
     written: dict = field(default_factory=dict)  # topic -> count
     wall_s: float = 0.0
@@ -102,6 +103,9 @@ class ReplaySummary:
         out = [f"wrote {self.out} in {self.wall_s:.1f} s: {self.messages_in} input messages copied, "
                f"{self.rgb_frames} RGB and {self.aux_frames} aux frames, {self.pairs} segmented",
                f"unpaired frames dropped: {drops}"]
+        if any(self.queued_at_end.values()):
+            out.append("left undecided at the end of the bag (no later frame to confirm a pair): "
+                       + ", ".join(f"{s} {n}" for s, n in self.queued_at_end.items() if n))
         if self.skew_ms.get("n"):
             s = self.skew_ms
             out.append(f"pair skew |aux-rgb|: p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, max {s['max_ms']:.1f} ms")
@@ -225,7 +229,7 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
                        dynamic_ncols=True)
             try:
                 for m in bag.messages():
-                    writer.write_raw(m.topic, m.log_time, bag.to_cdr(m))
+                    writer.write_raw(m.topic, m.log_time, bag.to_cdr(m), m.msgtype)
                     summary.messages_in += 1
                     bar.update(1)
                     if m.topic in info_topics:
@@ -248,6 +252,7 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
             summary.written = dict(writer.counts)
     summary.unpaired = pairer.stats.as_dict()["dropped"] if not s.rgb_only else {}
     summary.skew_ms = pairer.stats.skew_summary() if not s.rgb_only else {}
+    summary.queued_at_end = {x: pairer.queued(x) for x in ("rgb", "aux")} if not s.rgb_only else {}
     summary.latency_ms = latency.summary()
     summary.wall_s = time.perf_counter() - t_start
     return summary
