@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.pipeline.timing import LatencyStats
 from rgbt_seg_ros.ros import health, messages
 from rgbt_seg_ros.ros.params import (PARAMS, SPECS, check_device, pipeline_config_dict, resolve_against_card,
                                     validate_params)
@@ -166,7 +167,7 @@ def _diag(**kw):
         if k < aux_frames:
             aux.tick(k * 0.1)
     c = health.Counters(pairs_synced=5, pairs_processed=4, pairs_dropped=1, skews=deque([0.01, -0.03]))
-    lat = health.LatencyStats()
+    lat = LatencyStats()
     lat.add({"infer": 10.0})
     lat.add({"infer": 30.0})
     args = dict(node_name="rgbt_seg", now=0.95, started=0.0, rgb=rgb, aux=aux, modality="thermal",

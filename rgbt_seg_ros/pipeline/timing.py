@@ -1,6 +1,7 @@
 """Per-stage wall-clock timing: a per-call ``StageTimer`` and a running ``LatencyStats`` with p50/p95/p99."""
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -35,24 +36,31 @@ class StageTimer:
 
 
 class LatencyStats:
-    """Running per-stage latency over the last ``window`` samples; ``summary()`` gives p50/p95/p99/mean/max."""
+    """Running per-stage latency over the last ``window`` samples; ``summary()`` gives p50/p95/p99/mean/max.
+
+    Thread-safe: the node's worker adds while its diagnostics timer reads.
+    """
 
     def __init__(self, window: int = 10000):
         if window < 1:
             raise ValueError("window must be ≥ 1")
         self.window = int(window)
         self._samples: dict[str, deque] = {}
+        self._lock = threading.Lock()
         self.count = 0
 
     def add(self, timings: dict[str, float]) -> None:
-        self.count += 1
-        for stage, ms in timings.items():
-            self._samples.setdefault(stage, deque(maxlen=self.window)).append(float(ms))
+        with self._lock:
+            self.count += 1
+            for stage, ms in timings.items():
+                self._samples.setdefault(stage, deque(maxlen=self.window)).append(float(ms))
 
     def summary(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            snapshot = {stage: list(values) for stage, values in self._samples.items() if values}
         out = {}
-        for stage, values in self._samples.items():
-            a = np.fromiter(values, dtype=np.float64)
+        for stage, values in snapshot.items():
+            a = np.asarray(values, dtype=np.float64)
             p50, p95, p99 = np.percentile(a, [50, 95, 99])
             out[stage] = {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(a.mean()),
                           "max": float(a.max()), "n": int(a.size)}

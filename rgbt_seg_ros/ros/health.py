@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rgbt_seg_ros.pipeline.timing import LatencyStats
+
 OK, WARN, ERROR, STALE = 0, 1, 2, 3  # diagnostic_msgs/DiagnosticStatus levels
 
 
@@ -47,25 +49,6 @@ class StreamMonitor:
         """No message for ``timeout`` s (counting from ``started`` when none came yet)."""
         age = self.age(now)
         return (now - started if age is None else age) > timeout
-
-
-class LatencyStats:
-    """Bounded history of per-stage latencies (ms) → p50/p95/max."""
-
-    def __init__(self, window: int = 200) -> None:
-        self._stages: dict[str, deque[float]] = {}
-        self._window = window
-        self._lock = threading.Lock()
-
-    def add(self, timings: dict[str, float]) -> None:
-        with self._lock:
-            for k, v in timings.items():
-                self._stages.setdefault(k, deque(maxlen=self._window)).append(float(v))
-
-    def summary(self) -> dict[str, tuple[float, float, float]]:
-        with self._lock:
-            data = {k: np.asarray(v) for k, v in self._stages.items() if v}
-        return {k: (float(np.percentile(a, 50)), float(np.percentile(a, 95)), float(a.max())) for k, a in data.items()}
 
 
 @dataclass
@@ -125,10 +108,10 @@ def build_diagnostics(*, node_name: str, now: float, started: float, rgb: Stream
 
     inf_vals = {"pairs_processed": str(counters.pairs_processed), "pairs_dropped": str(counters.pairs_dropped),
                 "bad_messages": str(counters.bad_messages), "output_rate_hz": f"{output_rate:.2f}"}
-    for stage, (p50, p95, mx) in latency.summary().items():
-        inf_vals[f"{stage}_ms_p50"] = f"{p50:.2f}"
-        inf_vals[f"{stage}_ms_p95"] = f"{p95:.2f}"
-        inf_vals[f"{stage}_ms_max"] = f"{mx:.2f}"
+    for stage, s in latency.summary().items():
+        inf_vals[f"{stage}_ms_p50"] = f"{s['p50']:.2f}"
+        inf_vals[f"{stage}_ms_p95"] = f"{s['p95']:.2f}"
+        inf_vals[f"{stage}_ms_max"] = f"{s['max']:.2f}"
     if last_error:
         inf_vals["last_error"] = last_error
     inf_level = WARN if last_error else OK

@@ -31,6 +31,7 @@ from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.ros import health, messages
 from rgbt_seg_ros.ros.params import (PARAMS, SPECS, check_device, check_value, pipeline_config_dict,
                                     resolve_against_card, validate_params)
+from rgbt_seg_ros.pipeline.timing import LatencyStats
 from rgbt_seg_ros.ros.slot import LatestSlot
 
 NODE_NAME = "rgbt_seg"
@@ -99,7 +100,7 @@ class RgbtSegNode(Node):
         self._slot = LatestSlot()
         self._lock = threading.Lock()
         self.counters = health.Counters()
-        self.latency = health.LatencyStats()
+        self.latency = LatencyStats(window=200)
         self.rgb_monitor = health.StreamMonitor("rgb")
         self.aux_monitor = health.StreamMonitor(self.modality)
         self.out_monitor = health.StreamMonitor("output")
