@@ -27,7 +27,8 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["rgbt_seg_ros", "rgbt_seg_ros.*"]),
     include_package_data=True,
-    package_data={"rgbt_seg_ros": ["msg/*.msg", "configs/*.yaml"]},
+    # msg/ and models/ reach the Python package through the rgbt_seg_ros/msg and rgbt_seg_ros/models symlinks
+    package_data={"rgbt_seg_ros": ["msg/*.msg", "models/*.safetensors", "models/*.md"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/rgbt_seg_ros"]),
         ("share/rgbt_seg_ros", ["package.xml"]),
