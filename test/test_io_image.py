@@ -64,7 +64,7 @@ def test_big_endian_bytes_written_by_hand():
     msg16 = SimpleNamespace(encoding="mono16", height=2, width=3, step=6, is_bigendian=True, data=bytearray(data16))
     np.testing.assert_array_equal(image_to_numpy(msg16), [[1, 256, 65535], [2, 3, 4]])
     little = SimpleNamespace(encoding="16SC1", height=1, width=2, step=4, is_bigendian=0,
-                             data=struct.pack("<2h", -2, 300))
+                             data=list(struct.pack("<2h", -2, 300)))  # a list of ints, as rclpy may hold
     np.testing.assert_array_equal(image_to_numpy(little), [[-2, 300]])
 
 

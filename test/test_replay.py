@@ -236,3 +236,53 @@ def test_interrupted_run_leaves_nothing_and_input_unchanged(tmp_path, small_mode
     assert backend.calls == 3
     _no_leftovers(tmp_path, set())
     assert _tree_hash(demo_bag) == before
+
+
+def test_list_topics(capsys):
+    _need(FIDUCIALS)
+    assert cli(["replay", str(FIDUCIALS), "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "ROS 1, 16 messages" in out and "/raspicam_node/camera_info" in out and "CompressedImage" in out
+
+
+def test_rgbd_bag_with_jpeg_rgb_and_16bit_depth(tmp_path, capsys):
+    """RGB-D: JPEG CompressedImage RGB + 16UC1 depth (mm) on other topic names, replayed with --depth-topic."""
+    from rgbt_seg_ros.inference.artifact import save_model
+    from rgbt_seg_ros.io.bag import BagWriter
+    from rgbt_seg_ros.io.image import numpy_to_compressed_fields, numpy_to_image_fields
+    from rgbt_seg_ros.synthetic.scenes import SceneGenerator
+    from rgbt_seg_ros.tools.demo import untrained_backend
+
+    backend = untrained_backend(input_size=(64, 96), modality="depth")
+    model = tmp_path / "depth.safetensors"
+    save_model(model, backend.network.state_dict(), backend.card)
+    scene = SceneGenerator(seed=3).scene(0, night=False)
+    bag = tmp_path / "rgbd"
+    stamps = []
+    with BagWriter(bag, storage="sqlite3") as w:
+        store = w.typestore
+        Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
+        for i in range(4):
+            frame = scene.render(None, (96, 128), modalities=("rgb", "depth"))
+            t = 10**9 * (50 + i) // 15
+            stamps.append(t)
+            header = Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id="color")
+            depth_mm = np.where(np.isfinite(frame["depth"]), np.clip(frame["depth"] * 1000, 0, 65535), 0)
+            w.write("/cam/color/compressed", t + 1000, store.types["sensor_msgs/msg/CompressedImage"](
+                header=header, **numpy_to_compressed_fields(frame["rgb"], "rgb8", "jpeg")),
+                "sensor_msgs/msg/CompressedImage")
+            w.write("/cam/depth", t + 2000, store.types["sensor_msgs/msg/Image"](
+                header=Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9 + 3000), frame_id="color"),
+                **numpy_to_image_fields(depth_mm.astype(np.uint16), "16UC1")), "sensor_msgs/msg/Image")
+    out = tmp_path / "out"
+    rc = cli(["replay", str(bag), "--out", str(out), "--model", str(model), "--rgb-topic", "/cam/color/compressed",
+              "--depth-topic", "/cam/depth", "--namespace", "seg", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    with BagReader(out) as result:
+        labels = [(m.log_time, result.deserialize(m)) for m in result.messages(["/seg/labels"])]
+        infos = [result.deserialize(m) for m in result.messages(["/seg/info"])]
+    assert len(labels) >= 3 and all(i.aux_used and i.modality == "depth" for i in infos)
+    for log_time, img in labels:
+        assert _ns(img.header) in stamps and log_time == _ns(img.header) + 1000
+        assert (img.width, img.height, img.header.frame_id) == (128, 96, "color")
+    assert all(abs(i.pair_skew - 3e-6) < 1e-9 for i in infos)

@@ -45,7 +45,10 @@ def _buffer(data: Any) -> np.ndarray:
     """The message's ``data`` as a flat uint8 array without copying where possible."""
     if isinstance(data, np.ndarray):
         return data.reshape(-1).view(np.uint8)
-    return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+    try:
+        return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+    except TypeError:  # a plain sequence of ints (e.g. a list assigned to an rclpy message)
+        return np.asarray(data, dtype=np.uint8).reshape(-1)
 
 
 def image_to_numpy(msg: Any, topic: str | None = None) -> np.ndarray:

@@ -35,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def untrained_backend(class_set: str = "synthetic", input_size: tuple[int, int] = (480, 640),
-                      variant: str = "mobilenetv3_small_100"):
+                      variant: str = "mobilenetv3_small_100", modality: str = "thermal"):
     """A registry fusion network with random weights (card says trained=False): for when no model file exists."""
     import torch
 
@@ -46,11 +46,11 @@ def untrained_backend(class_set: str = "synthetic", input_size: tuple[int, int] 
 
     classes = get_class_set(class_set)
     torch.manual_seed(0)
-    net = create_network("fusion_baseline", classes.num_classes, modality="thermal", variant=variant,
+    net = create_network("fusion_baseline", classes.num_classes, modality=modality, variant=variant,
                          pretrained=False, aux_channels=1)
     card = ModelCard(network="fusion_baseline", variant=variant, num_classes=classes.num_classes,
                      class_names=list(classes.class_names), palette=[list(c) for c in classes.palette],
-                     modality="thermal", input_size=tuple(input_size), dataset=classes.name, trained=False,
+                     modality=modality, input_size=tuple(input_size), dataset=classes.name, trained=False,
                      notes="untrained fallback of rgbt-seg demo")
     return TorchBackend(net, card)
 

@@ -39,7 +39,8 @@ OUTPUT_IMAGES = {"labels": None, "colour": "rgb8", "confidence": "32FC1", "overl
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", type=Path, metavar="IN_BAG", help="rosbag2 folder (mcap or sqlite3) or ROS 1 .bag file")
-    parser.add_argument("--out", type=Path, required=True, metavar="OUT_BAG", help="output rosbag2 folder")
+    parser.add_argument("--out", type=Path, metavar="OUT_BAG", help="output rosbag2 folder (required unless --list)")
+    parser.add_argument("--list", action="store_true", help="list the bag's topics with types and counts, and exit")
     parser.add_argument("--model", help="model file (.safetensors or .onnx); default: the built-in model")
     topics = parser.add_argument_group("topics")
     topics.add_argument("--rgb-topic", default="/rgb/image", help="RGB Image or CompressedImage (default /rgb/image)")
@@ -301,6 +302,15 @@ def check_modality(card, modality: str, rgb_only: bool, flag: str = "--{}-topic"
 def main(args: argparse.Namespace) -> int:
     from rgbt_seg_ros.io.bag import BagReader
 
+    if args.list:
+        with BagReader(args.bag) as bag:
+            print(f"{bag.path}: {'ROS 1' if bag.is_ros1 else 'rosbag2'}, {bag.reader.message_count} messages, "
+                  f"{bag.reader.duration / 1e9:.2f} s")
+            for t in bag.topics.values():
+                print(f"  {t.name:<40} {t.msgtype:<40} {t.count}")
+        return 0
+    if args.out is None:
+        raise RgbtSegError("--out: the output bag is required (or pass --list to see the topics)")
     settings = settings_from_args(args)
     # Cheap checks first: a wrong topic or an existing output should not wait for the model to load.
     if args.out.exists() and not args.force:
