@@ -82,6 +82,22 @@ def test_outputs_not_requested_are_not_computed():
         pipe.process(rgb, aux, "mono16", outputs={"labels", "depth"})
 
 
+class Strided(torch.nn.Module):
+    """A network that breaks the contract: logits at half the input resolution."""
+
+    def forward(self, rgb, aux):
+        return torch.nn.functional.avg_pool2d(torch.cat([rgb[:, :1], aux], 1), 2)
+
+
+def test_backend_returning_wrong_logit_size_is_named():
+    cs = get_class_set("mfnet")
+    card = ModelCard(network="strided", num_classes=2, class_names=list(cs.class_names[:2]),
+                     palette=[list(c) for c in cs.palette[:2]], input_size=(64, 64))
+    pipe = SegmentationPipeline(TorchBackend(Strided(), card))
+    with pytest.raises(RgbtSegError, match=r"backend torch-cpu-fp32: returned logits of shape \(1, 2, 32, 32\)"):
+        pipe.process(np.zeros((64, 64, 3), np.uint8), None)
+
+
 def test_rgb_only_when_aux_is_missing():
     pipe, net = make_pipeline()
     r = pipe.process(np.zeros((240, 320, 3), np.uint8), None, "mono16")

@@ -157,9 +157,9 @@ class SegmentationPipeline:
         with timer("infer"):
             logits = self.backend.infer(rgb_in, aux_in)
         logits = np.asarray(logits)
-        if logits.ndim != 4 or logits.shape[0] != 1 or logits.shape[1] != self.num_classes:
+        if logits.ndim != 4 or logits.shape[:2] != (1, self.num_classes) or logits.shape[2:] != tf.dst_hw:
             raise RgbtSegError(f"backend {getattr(self.backend, 'name', '?')}: returned logits of shape "
-                               f"{logits.shape}, expected 1×{self.num_classes}×h×w")
+                               f"{logits.shape}, expected (1, {self.num_classes}, {tf.dst_hw[0]}, {tf.dst_hw[1]})")
 
         labels = confidence = colour = over = None
         need_labels = bool(outputs & {"labels", "colour", "overlay"})
