@@ -22,20 +22,23 @@ Data flow (strides relative to the input; the input is padded to a multiple of 3
 4. cross-modal spatial + channel attention fusion (CMA) of the deep features (/4 … /32);
 5. progressive heterogeneous fusion (PHF): deep semantic features modulate the shallow fused features
    (SPADE-style scale and shift), /4 → /2 (shared), then /2 → full resolution (fusion branch only);
-6. segmentation decoder: FPN → ASPP (on /16 and /8) → multi-stage inverted-pyramid transformer (/16 → /8 → /4, channels
-   shrinking as resolution grows, keys/values average-pooled) → binary-gated semantic head at /2 → logits;
+6. segmentation decoder: FPN → ASPP (shared, on /16 and /8) → multi-stage inverted-pyramid transformer
+   (/16 → /8 → /4, channels shrinking as resolution grows, keys/values average-pooled) → merge with the /2
+   shallow features → binary-gated semantic head at /2 → logits;
    multilabel auxiliary heads for training: per-stage semantic logits, boundary and binary (foreground) logits
    (one channel each, for BCE with logits);
 7. fusion decoder (``mafs`` only): densely connected invertible units (affine coupling, Eq. 6–7: the channels
    are split, one half is scaled by exp(s(·)) and shifted by t(·) of the other half, then the roles swap),
    a 1×1 aggregation of all unit outputs, 3×3 conv → tanh → grayscale fused image.
 
-Complexity at 640×480 (pinned in ``test/test_net_mafs.py``; MACs = FLOPs / 2 from
-``torch.utils.flop_counter``): see ``PAPER_FIGURES`` and the test for the figures this implementation lands on.
+Complexity of the paper variant (``resnet152``) at 640×480, MACs = ``FlopCounterMode`` FLOPs / 2, pinned in
+``test/test_net_mafs.py``: mafs 128.98 M params / 316.1 GMACs (paper 128.69 M / 324.22 G); mafs_s 128.70 M /
+232.7 GMACs (paper 128.41 M / 221.08 G). The difference, 0.275 M / 83 GMACs (paper 0.28 M / 103 G), is the
+full-resolution fusion branch. The two ResNet-152 streams alone are 116.3 M / ~139 GMACs. The mafs figure
+counts :meth:`MAFS.forward_fused`; a counter that only calls ``forward`` sees the mafs_s graph.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -75,9 +78,9 @@ VARIANTS: dict[str, MAFSConfig] = {
     "resnet101": MAFSConfig("resnet101"),
     "resnet50": MAFSConfig("resnet50", deep_dim=128, fpn_dim=128, trans_dims=(128, 96, 64), trans_heads=(2, 2, 1)),
     # Smallest: narrow everywhere outside the backbones so the CPU learning test stays quick.
-    "resnet18": MAFSConfig("resnet18", full_dim=16, half_fused_dim=32, deep_dim=32, fpn_dim=32, aspp_rates=(1, 2, 3), trans_dims=(32, 32, 32),
-                           trans_heads=(1, 1, 1), head_dim=32, dem_reduction=8, fuse_dim=16, inv_units=2,
-                           inv_growth=8),
+    "resnet18": MAFSConfig("resnet18", full_dim=16, half_fused_dim=32, deep_dim=32, fpn_dim=32, aspp_rates=(1, 2, 3),
+                           trans_dims=(32, 32, 32), trans_heads=(1, 1, 1), head_dim=32, dem_reduction=8, fuse_dim=16,
+                           inv_units=2, inv_growth=8),
 }
 
 
@@ -150,7 +153,8 @@ class AdaptiveFusion(nn.Module):
                                          nn.Conv2d(2 * hidden, 2 * out_ch, 1))
         self.agg = ConvBNAct(2 * out_ch, out_ch, 1)
         self.local_att = nn.Sequential(ConvBNAct(out_ch, hidden, 1), nn.Conv2d(hidden, out_ch, 1))
-        self.global_att = nn.Sequential(nn.Conv2d(out_ch, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, out_ch, 1))
+        self.global_att = nn.Sequential(nn.Conv2d(out_ch, hidden, 1), nn.ReLU(inplace=True),
+                                        nn.Conv2d(hidden, out_ch, 1))
 
     def forward(self, rgb: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
         rgb, aux = self.pre_rgb(rgb), self.pre_aux(aux)
@@ -488,8 +492,10 @@ class MAFS(SegmentationNet):
                         want_fused=True, want_aux=False)
         return out["logits"][..., :h, :w], out["fused"][..., :h, :w]
 
-    # The full graph's MACs include the fusion decoder; complexity counters should call this when present.
-    complexity_forward = forward_fused
+    def complexity_forward(self, rgb: torch.Tensor, aux: torch.Tensor):
+        """The whole graph a complexity count should run: with the fusion decoder for ``mafs`` (plain ``forward``
+        skips it in eval mode), plain ``forward`` for ``mafs_s``."""
+        return self.forward_fused(rgb, aux) if self.fusion_branch is not None else self(rgb, aux)
 
     def load_full_state_dict(self, state_dict: dict) -> None:
         """Load a ``mafs`` (or ``mafs_s``) checkpoint; into ``mafs_s`` the ``fusion_branch.*`` keys are dropped
@@ -507,8 +513,8 @@ def _check_variant(variant: str) -> MAFSConfig:
 
 
 @register_network("mafs", variants=tuple(VARIANTS), default_variant="resnet152", smallest_variant="resnet18",
-                  description="MAFS full multi-task graph: dual ResNet, DEM, AFM, CMA, PHF, FPN→ASPP→inverted-pyramid "
-                              "transformer, multilabel heads, invertible fusion decoder (fused image)",
+                  description="MAFS full multi-task graph: dual ResNet, DEM, AFM, CMA, PHF, FPN→ASPP→inverted-"
+                              "pyramid transformer, multilabel heads, invertible fusion decoder (fused image)",
                   paper=PAPER, paper_figures={"resnet152": (128.69, 324.22)})
 def build_mafs(num_classes: int, modality: str, variant: str, pretrained: bool, aux_channels: int) -> MAFS:
     return MAFS(_check_variant(variant), num_classes, aux_channels, pretrained, with_fusion=True)
