@@ -86,6 +86,11 @@ def test_caltech_ros_camera_info_yaml_and_kalibr_load_directly():
     # T_cn_cnm1 maps colour-frame points into the thermal frame; ours maps thermal → colour: inverses
     assert np.allclose(ext.matrix() @ np.asarray(raw), np.eye(4), atol=1e-9)
     assert np.linalg.norm(ext.t) == pytest.approx(0.02506, abs=1e-4)
+    # in the thermal/mono file the thermal camera is cam0: name the frames; T_cn_cnm1 is then already aux → rgb
+    other = CALTECH / "thermal_mono_10x10_calib.yaml"
+    t_m = load_extrinsics(f"{other}#cam1,cam0")
+    assert np.allclose(t_m.matrix(), np.asarray(yaml.safe_load(other.read_text())["cam1"]["T_cn_cnm1"]), atol=1e-12)
+    assert load_camera(f"{other}#cam0").D[0] == pytest.approx(-0.43715165949170764)
     # the registration config takes these files as they are
     reg = Registrar({"mode": "plane", "rgb_camera": str(CALTECH / "color.yaml"),
                      "aux_camera": str(CALTECH / "thermal.yaml"),
