@@ -85,19 +85,21 @@ def test_ros1_bag_without_second_camera_fails_in_one_line(tmp_path, small_model,
     _no_leftovers(tmp_path, set())
 
 
-def test_ros1_bag_rgb_only_writes_valid_output(tmp_path, small_model, capsys):
-    _need(FIDUCIALS)
-    before = _tree_hash(FIDUCIALS)
+@pytest.mark.parametrize("name, n_info", [("aruco_images.bag", 15), ("aruco_marker.bag", 1)])
+def test_ros1_bag_rgb_only_writes_valid_output(tmp_path, small_model, capsys, name, n_info):
+    src_bag = DATA / "fiducials-ros1-bags" / name
+    _need(src_bag)
+    before = _tree_hash(src_bag)
     out = tmp_path / "out"
-    rc = cli(["replay", str(FIDUCIALS), "--out", str(out), "--model", str(small_model), "--rgb-topic", JPEG_TOPIC,
+    rc = cli(["replay", str(src_bag), "--out", str(out), "--model", str(small_model), "--rgb-topic", JPEG_TOPIC,
               "--rgb-only", "--rgb-info-topic", "/raspicam_node/camera_info", "--no-progress"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "1 segmented" in captured.out and "p99" in captured.out
-    assert _tree_hash(FIDUCIALS) == before
+    assert _tree_hash(src_bag) == before
     _no_leftovers(tmp_path, {"out"})
 
-    with AnyReader([FIDUCIALS]) as src:
+    with AnyReader([src_bag]) as src:
         conn = next(c for c in src.connections if c.topic == JPEG_TOPIC)
         _, in_log, raw = next(src.messages([conn]))
         jpeg_header = src.deserialize(raw, conn.msgtype).header
@@ -105,18 +107,20 @@ def test_ros1_bag_rgb_only_writes_valid_output(tmp_path, small_model, capsys):
                     if c.topic == "/raspicam_node/camera_info"]
     with BagReader(out) as bag:
         topics = bag.topics
-        assert topics["/raspicam_node/camera_info"].count == 15 and topics[JPEG_TOPIC].count == 1
+        assert topics["/raspicam_node/camera_info"].count == n_info and topics[JPEG_TOPIC].count == 1
         for name in ("labels", "colour", "confidence", "overlay", "info"):
             assert topics[f"/rgbt_seg/{name}"].count == 1
         outputs = {m.topic: (m.log_time, bag.deserialize(m)) for m in bag.messages() if m.topic.startswith("/rgbt_seg")}
         infos_out = [bag.deserialize(m) for m in bag.messages(["/raspicam_node/camera_info"])]
+    assert len(infos_out) == len(infos_in) == n_info
+    width, height = infos_in[0].width, infos_in[0].height  # the camera's resolution (1280×960 / 1280×720)
     for ci_in, ci_out in zip(infos_in, infos_out):
         np.testing.assert_array_equal(ci_out.k, ci_in.K)
         assert _ns(ci_out.header) == _ns(ci_in.header)
     for name, enc in (("labels", "mono8"), ("colour", "rgb8"), ("confidence", "32FC1"), ("overlay", "rgb8")):
         log_time, img = outputs[f"/rgbt_seg/{name}"]
         assert log_time == in_log
-        assert (img.width, img.height, img.encoding) == (1280, 960, enc)  # the JPEG's resolution
+        assert (img.width, img.height, img.encoding) == (width, height, enc)  # the JPEG's resolution
         assert _ns(img.header) == _ns(jpeg_header) and img.header.frame_id == "raspicam"
     conf = image_to_numpy(outputs["/rgbt_seg/confidence"][1])
     assert conf.min() >= 0.0 and conf.max() <= 1.0 and conf.min() > 0.0  # softmax of 6 classes ≥ 1/6
@@ -130,9 +134,9 @@ def test_ros1_bag_rgb_only_writes_valid_output(tmp_path, small_model, capsys):
     by_topic = {}
     for schema, channel, _, msg in decoded:
         by_topic.setdefault(channel.topic, []).append((schema.name, msg))
-    assert len(by_topic["/raspicam_node/camera_info"]) == 15
+    assert len(by_topic["/raspicam_node/camera_info"]) == n_info
     schema, labels_msg = by_topic["/rgbt_seg/labels"][0]
-    assert schema == "sensor_msgs/msg/Image" and labels_msg.width == 1280 and labels_msg.height == 960
+    assert schema == "sensor_msgs/msg/Image" and (labels_msg.width, labels_msg.height) == (width, height)
     assert labels_msg.header.frame_id == "raspicam" and _ns(labels_msg.header) == _ns(jpeg_header)
     assert bytes(labels_msg.data) == labels.tobytes()
     schema, info_msg = by_topic["/rgbt_seg/info"][0]

@@ -69,7 +69,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 @dataclass
 class ReplaySettings:
     rgb_topic: str = "/rgb/image"
-    aux_topic: str | None = None  # None with rgb_only
+    aux_topic: str | None = None  # default /<modality>/image; unused with rgb_only
     modality: str = "thermal"
     rgb_info_topic: str | None = None
     aux_info_topic: str | None = None
@@ -126,6 +126,7 @@ def _resolve_topics(bag, s: ReplaySettings) -> None:
 
     bag.require_topic(s.rgb_topic, IMAGE_TYPES, role="--rgb-topic")
     if not s.rgb_only:
+        s.aux_topic = s.aux_topic or f"/{s.modality}/image"
         flag = f"--{s.modality}-topic"
         if s.aux_topic not in bag.topics:
             raise RgbtSegError(f"{flag} {s.aux_topic}: not in bag {bag.path} (it has {bag.describe()}); "
