@@ -14,9 +14,10 @@ from rgbt_seg_ros.errors import RgbtSegError
 
 HELP = """Run the pipeline over a rosbag2 (mcap or sqlite3) or ROS 1 bag and write a rosbag2 (mcap by default).
 
-The output holds every input topic, copied unchanged, plus the results, all stamped with the RGB
-image's header and written at the RGB message's receive time so that `ros2 bag play` (with RViz) or
-Foxglove shows them together:
+The output holds every input message at its original receive time (rosbag2 inputs: the same bytes;
+ROS 1 inputs: converted to ROS 2 CDR by rosbags), plus the results, all stamped with the RGB image's
+header and written at the RGB message's receive time so that `ros2 bag play` (with RViz) or Foxglove
+shows them together:
   <ns>/labels      sensor_msgs/Image mono8 (mono16 past 255 classes)   class id per pixel
   <ns>/colour      sensor_msgs/Image rgb8                                palette colours
   <ns>/confidence  sensor_msgs/Image 32FC1                               max softmax probability
