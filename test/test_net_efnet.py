@@ -33,12 +33,13 @@ def test_registry_entry():
 
 def test_complexity_pins_light_at_640x480():
     params_m, gmacs = network_complexity("efnet", "light", 480, 640, num_classes=9)
-    # Paper: 29.5 M / 36.6 GMACs. The text's architecture (TCFormer-Light widths and depths, a 256-wide MFAD)
-    # accounts for ~14 M: the backbone alone is PVTv2-b1-sized (~13 M) and MIF, DBTC and MFAD are light by
-    # design; the paper does not say where the other ~15 M sit, so we pin our honest figures instead.
-    # GMACs (FLOPs/2, FlopCounterMode) include the per-region DPC-kNN distance matmuls.
-    assert params_m == pytest.approx(14.12, abs=0.05)
-    assert gmacs == pytest.approx(29.25, rel=0.01)
+    # Paper: 29.5 M / 36.6 GMACs. GMACs (FLOPs/2, FlopCounterMode, DPC-kNN distance matmuls included) land
+    # within 3 %. Parameters do not: the text's architecture (TCFormer-Light widths/depths — a PVTv2-b1-sized
+    # ~13 M backbone — plus TCFormer token convs, MIF, grid skips and a 256-wide MFAD) adds up to ~16 M, and the
+    # paper does not say where the other ~13 M sit, so we pin our honest figure instead of padding the net.
+    assert params_m == pytest.approx(16.04, abs=0.05)
+    assert gmacs == pytest.approx(35.69, rel=0.01)
+    assert abs(gmacs / 36.6 - 1) < 0.15
     tiny_params, tiny_gmacs = network_complexity("efnet", "tiny", 480, 640, num_classes=9)
     assert tiny_params < 0.5 and tiny_gmacs < 2.0
 
@@ -78,13 +79,14 @@ def test_dbtc_reduces_tokens_by_four_and_merges_by_importance():
     h = w = 8
     x = torch.randn(2, h * w, 6)
     st = _grid_state(x, h, w)
-    out = dbtc(st)
+    out = dbtc(st, 1)
     assert out.x.shape == (2, h * w // 4, 8)  # 4 regions × ceil(16/4) clusters
     assert out.idx.shape == (2, h * w) and int(out.idx.max()) < out.x.shape[1]
     assert torch.equal(out.cnt.sum(1).squeeze(-1), torch.full((2,), float(h * w)))
     # Recompute the merge by hand from the module's own projection and scores.
     with torch.no_grad():
-        y = dbtc.norm(dbtc.proj(x))
+        local = F.interpolate(dbtc.conv(x.transpose(1, 2).reshape(2, 6, h, w)), scale_factor=2.0, mode="nearest")
+        y = dbtc.norm(dbtc.proj(x) + local.flatten(2).transpose(1, 2))
         weight = torch.exp(dbtc.score(y))
         for b in range(2):
             for j in range(out.x.shape[1]):
@@ -159,6 +161,7 @@ def test_bad_input_and_pretrained_raise():
         create_network("efnet", 3, variant="tiny", pretrained=True)
 
 
+@pytest.mark.slow  # ~3 s alone, more on a busy CI box
 def test_onnx_export_tiny_dynamic_matches_torch():
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

@@ -5,13 +5,14 @@ stage-1 transformer blocks; MIF fuses the two stage-1 token maps into one; stage
 tokens only. The backbone follows TCFormer-Light (PVT-style spatial-reduction attention; dims 64/128/320/512,
 heads 1/2/5/8, MLP ratios 8/8/4/4, depths 2/2/2/2, SR ratios 8/4/2/1) with DBTC between stages:
 
-* **DBTC** (dual-distance balanced token clustering): density-peaks clustering over k nearest neighbours with
-  distance ``d_sem + (1 − τ)·d_spatial`` (each term normalised by its maximum, τ = 0.3/0.7/1.0), a fixed
-  quarter of the tokens as cluster centres, importance-weighted merging (weights ``exp(score)``), and the
-  merged importance added to the attention logits of the next stage. As in TCFormer's part-wise variant,
-  clustering runs inside a fixed grid of image regions (8×8, 4×4, 2×2 regions for the three DBTCs): a global
-  N×N distance at 640×480 would cost ~24 GMAC and 1.5 GB for stage 1 alone. ``cluster_splits=(1, 1, 1)``
-  gives global clustering.
+* **DBTC** (dual-distance balanced token clustering): a TCFormer-style token convolution (linear skip + 3×3
+  stride-2 conv on the token map), then density-peaks clustering over k nearest neighbours with distance
+  ``d_sem + (1 − τ)·d_spatial`` (each term normalised by its maximum, τ = 0.3/0.7/1.0), a fixed quarter of the
+  tokens as cluster centres, importance-weighted merging (weights ``exp(score)``), and the merged importance
+  added to the attention logits of the next stage. As in TCFormer's part-wise variant, clustering runs inside
+  a fixed grid of image regions (4×4, 2×2, then global for the three DBTCs): global clustering of all
+  19 200 stage-1 tokens at 640×480 would cost ~47 GMAC and 1.5 GB of distances by itself (the whole network
+  would count 99 GMAC against the paper's 36.6). ``cluster_splits`` in the config sets the regions.
 * Before stages 3 and 4 the previous stage's output, downsampled on the regular grid (3×3 stride-2 conv),
   is averaged onto the new clusters and added.
 * Clustered tokens carry their pixel-coordinate centroid; a learnable MLP encodes it at each stage.
@@ -45,7 +46,7 @@ class EFNetConfig:
     depths: tuple[int, int, int, int] = (2, 2, 2, 2)
     sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
     taus: tuple[float, float, float] = (0.3, 0.7, 1.0)
-    cluster_splits: tuple[int, int, int] = (8, 4, 2)  # regions per side for DBTC 1→2, 2→3, 3→4
+    cluster_splits: tuple[int, int, int] = (4, 2, 1)  # regions per side for DBTC 1→2, 2→3, 3→4
     knn: int = 5
     window: int = 8                                    # MIF cross-attention window at H/4
     decoder_dim: int = 256
@@ -56,7 +57,7 @@ VARIANTS = {
     "light": EFNetConfig(),
     # Narrow and shallow, for fast tests and CPU experiments; same structure and clustering ratio.
     "tiny": EFNetConfig(dims=(16, 32, 64, 96), heads=(1, 1, 2, 2), mlp_ratios=(2, 2, 2, 2), depths=(1, 1, 1, 1),
-                        decoder_dim=32, drop_path=0.0),
+                        cluster_splits=(8, 4, 2), decoder_dim=32, drop_path=0.0),
 }
 
 
@@ -95,11 +96,22 @@ def _unpartition(t: torch.Tensor, b: int, gy, gx, splits: int) -> torch.Tensor:
     return t.reshape(b, -1, d)
 
 
-def _pairwise_dist(a: torch.Tensor) -> torch.Tensor:
-    """R×n×D → R×n×n Euclidean distances (matmul form, exportable and counted as MACs)."""
+def _feature_dist(a: torch.Tensor) -> torch.Tensor:
+    """R×n×C → R×n×n Euclidean distances in matmul form (memory n², not n²·C; exported and counted as MACs)."""
+    a = a - a.mean(1, keepdim=True)  # smaller norms, smaller rounding error in |a|² + |b|² − 2a·b
     sq = (a * a).sum(-1)
-    d2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (a @ a.transpose(-1, -2))
-    return d2.clamp_min(0.0).sqrt()
+    total = sq.unsqueeze(-1) + sq.unsqueeze(-2)
+    d2 = total - 2.0 * (a @ a.transpose(-1, -2))
+    # Identical tokens (e.g. zero padding) leave rounding noise, not 0, whose sqrt is large and differs between
+    # backends; snap anything below that noise floor to exactly 0 so ties are ties everywhere.
+    d2 = torch.where(d2 <= 1e-4 * total, torch.zeros_like(d2), d2)
+    return d2.sqrt()
+
+
+def _coord_dist(p: torch.Tensor) -> torch.Tensor:
+    """R×n×2 → R×n×n Euclidean distances from direct differences: exact, so equal spacings tie exactly."""
+    d = p.unsqueeze(2) - p.unsqueeze(1)
+    return (d * d).sum(-1).sqrt()
 
 
 def density_peaks(x: torch.Tensor, pos: torch.Tensor, num_clusters, k: int, tau: float) -> torch.Tensor:
@@ -112,10 +124,10 @@ def density_peaks(x: torch.Tensor, pos: torch.Tensor, num_clusters, k: int, tau:
     with torch.no_grad():  # selection is discrete; no gradient flows through the distances
         x, pos = x.detach(), pos.detach()
         r, n = x.shape[0], x.shape[1]
-        d_sem = _pairwise_dist(x)
+        d_sem = _feature_dist(x)
         dist = d_sem / d_sem.flatten(1).amax(-1).clamp_min(1e-6).view(-1, 1, 1)
         if tau < 1.0:
-            d_sp = _pairwise_dist(pos)
+            d_sp = _coord_dist(pos)
             dist = dist + (1.0 - tau) * d_sp / d_sp.flatten(1).amax(-1).clamp_min(1e-6).view(-1, 1, 1)
         # k nearest (self included, as in DPC-kNN); regions with fewer than k tokens use all of them.
         padded = torch.cat([dist, torch.full_like(dist[:, :, :1], float("inf")).expand(-1, -1, k)], dim=-1)
@@ -124,7 +136,7 @@ def density_peaks(x: torch.Tensor, pos: torch.Tensor, num_clusters, k: int, tau:
         nearest = torch.where(valid, nearest, torch.zeros_like(nearest))
         density = torch.exp(-(nearest * nearest).sum(-1) / valid.sum(-1).clamp_min(1).to(x.dtype))
         # Deterministic tie-break (identical padded tokens): later index is very slightly denser / more central.
-        order = torch.arange(n, device=x.device, dtype=x.dtype).unsqueeze(0) * 1e-6
+        order = torch.arange(n, device=x.device, dtype=x.dtype).unsqueeze(0) * 1e-5
         density = density + order
         denser = density.unsqueeze(1) > density.unsqueeze(2)  # [i, j]: token j denser than token i
         row_max = dist.flatten(1).amax(-1).view(-1, 1, 1)
@@ -163,13 +175,17 @@ class DBTC(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, tau: float, splits: int, k: int):
         super().__init__()
+        # TCFormer-style token convolution: linear skip + 3×3 stride-2 conv on the painted-back token map.
         self.proj = nn.Linear(in_dim, out_dim)
+        self.conv = nn.Conv2d(in_dim, out_dim, 3, 2, 1)
         self.norm = nn.LayerNorm(out_dim)
         self.score = nn.Linear(out_dim, 1)
         self.tau, self.splits, self.k = float(tau), int(splits), int(k)
 
-    def forward(self, st: TokenState) -> TokenState:
-        x = self.norm(self.proj(st.x))
+    def forward(self, st: TokenState, factor: int) -> TokenState:
+        """``factor``: the current tokens' grid is H/4 ÷ factor (1 for the stage-1 pixel tokens)."""
+        local = self.conv(tokens_to_map(st.x, st.idx, st.h0, st.w0, factor))
+        x = self.norm(self.proj(st.x) + map_to_tokens(local, st.idx, st.cnt, st.x, 2 * factor))
         score = self.score(x)
         b, gy, gx, s = x.shape[0], st.grid[0], st.grid[1], self.splits
         xr, pr = _partition(x, gy, gx, s), _partition(st.pos, gy, gx, s)
@@ -314,14 +330,21 @@ class MFAD(nn.Module):
 # ----------------------------------------------------------------------------------------------- network
 
 class EFNet(SegmentationNet):
-    size_multiple = 32  # H/4 grid divisible by the MIF window (8) and by the 8×8 clustering regions
+    # EFNet pads itself (to 32: H/4 grid divisible by the MIF window and the clustering regions) by reflection,
+    # not with the base class's zeros: a block of identical zero tokens is a near-degenerate input for
+    # density-peaks clustering, whose near-tie decisions then flip on 1e-6 rounding differences (torch vs
+    # onnxruntime) and change the output; reflected content is as varied as the image itself.
+    size_multiple = 1
+    pad_multiple = 32
 
     def __init__(self, num_classes: int, aux_channels: int = 1, cfg: EFNetConfig = VARIANTS["light"]):
         super().__init__(num_classes, aux_channels)
         self.cfg = cfg
         d = cfg.dims
-        if cfg.window != 8 or cfg.cluster_splits[0] > 8 or any(8 % s for s in cfg.cluster_splits):
-            raise RgbtSegError("efnet config: window must be 8 and cluster_splits must divide 8")
+        s1, s2, s3 = cfg.cluster_splits
+        if cfg.window != 8 or 8 % s1 or s1 % s2 or s2 % s3:
+            # each DBTC splits the previous one's region grid; the H/4 grid is a multiple of 8
+            raise RgbtSegError("efnet config: window must be 8 and cluster_splits must each divide the previous (and 8)")
         total = sum(cfg.depths)
         dpr = [cfg.drop_path * i / max(total - 1, 1) for i in range(total)]  # python: builds on the meta device too
         self.embed_rgb = OverlapPatchEmbed(7, 4, 3, d[0])
@@ -378,7 +401,7 @@ class EFNet(SegmentationNet):
         st = TokenState(f1, idx, pos.expand(b, -1, -1), ones, torch.zeros_like(ones), (h0, w0), h0, w0)
         prev_out, factor = None, 1
         for s in range(3):
-            st = self.dbtc[s](st)
+            st = self.dbtc[s](st, factor)
             factor *= 2
             x = st.x + self.pos_enc[s](st.pos)
             if prev_out is not None:
@@ -392,9 +415,21 @@ class EFNet(SegmentationNet):
             maps.append(tokens_to_map(x, st.idx, h0, w0))
         return maps
 
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = self.pad_multiple
+        pads = (0, (m - w % m) % m, 0, (m - h % m) % m)
+        # Reflection needs pad < size; eager inputs under 32 px fall back to edge replication (an exported
+        # graph keeps reflection: it serves inputs of 32 px and more).
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        mode = "reflect" if tracing or (pads[1] < w and pads[3] < h) else "replicate"
+        return F.pad(x, pads, mode=mode)
+
     def forward_padded(self, rgb: torch.Tensor, aux: torch.Tensor):
+        h, w = rgb.shape[-2:]
+        rgb, aux = self._pad(rgb), self._pad(aux)
         logits = self.decoder(self.encode(rgb, aux))
-        logits = F.interpolate(logits, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits, size=rgb.shape[-2:], mode="bilinear", align_corners=False)[..., :h, :w]
         return {"logits": logits} if self.training else logits
 
 
