@@ -116,7 +116,7 @@ def test_demo_with_no_arguments(tmp_path, capsys, monkeypatch):
     from rgbt_seg_ros.pipeline.config import PipelineConfig
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "rgbt_seg_ros.cli", "demo", "--no-progress"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "rgbt_seg_ros.cli", "demo"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     missing = "UNTRAINED weights: the built-in model is missing" in proc.stderr

@@ -115,8 +115,8 @@ def main(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     out.mkdir(parents=True, exist_ok=True)
-    demo = write_demo_bag(in_bag, spec, force=args.force, progress=progress if bar else None)
-    if bar:
+    demo = write_demo_bag(in_bag, spec, force=args.force, progress=progress if bar is not None else None)
+    if bar is not None:
         bar.close()
     config = demo.pipeline_config()
     (out / "pipeline.yaml").write_text(yaml.safe_dump({"pipeline": config}, sort_keys=False), encoding="utf-8")
