@@ -206,13 +206,16 @@ class Registrar:
         return cv2.remap(aux, m1, m2, interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
 
     # -- depth ----------------------------------------------------------------------------------
-    def _depth_rays(self, cam: CameraModel) -> tuple[np.ndarray, np.ndarray]:
-        hit = self._rays.get(cam.key)
+    def _depth_rays(self, cam: CameraModel, ext: Extrinsics) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per depth pixel, R · ray (ray = undistorted (x, y, 1)), so that p_rgb = z · (R · ray) + t."""
+        key = (cam.key, ext.key)
+        hit = self._rays.get(key)
         if hit is None:
             u, v = np.meshgrid(np.arange(cam.width, dtype=np.float64), np.arange(cam.height, dtype=np.float64))
             x, y = undistort_pixels(cam, u, v)
-            hit = (x.astype(np.float32), y.astype(np.float32))
-            self._rays = {cam.key: hit}
+            R = ext.R
+            hit = tuple((R[i, 0] * x + R[i, 1] * y + R[i, 2]).astype(np.float32) for i in range(3))
+            self._rays = {key: hit}
             self.maps_built += 1
         return hit
 
@@ -225,30 +228,32 @@ class Registrar:
         rh, rw = (int(v) for v in rgb_hw)
         rgb = rgb.for_size(rw, rh)
         dcam = dcam.for_size(depth_m.shape[1], depth_m.shape[0])
-        rx, ry = self._depth_rays(dcam)
-        valid = depth_m > 0
-        z = depth_m[valid]
-        X, Y = rx[valid] * z, ry[valid] * z
-        R, t = ext.R.astype(np.float32), ext.t.astype(np.float32)
-        Xc = R[0, 0] * X + R[0, 1] * Y + R[0, 2] * z + t[0]
-        Yc = R[1, 0] * X + R[1, 1] * Y + R[1, 2] * z + t[1]
-        Zc = R[2, 0] * X + R[2, 1] * Y + R[2, 2] * z + t[2]
-        front = Zc > 1e-6
-        Xc, Yc, Zc = Xc[front], Yc[front], Zc[front]
-        u, v = project_points(rgb, Xc, Yc, Zc)
-        ui = np.floor(u + 0.5).astype(np.int64)
-        vi = np.floor(v + 0.5).astype(np.int64)
+        ax, ay, az = self._depth_rays(dcam, ext)
+        z = np.ascontiguousarray(depth_m, dtype=np.float32)
+        t = ext.t.astype(np.float32)
+        # whole-image float32 arithmetic (no gathers until the end): p_rgb = z · (R · ray) + t
+        Xc, Yc, Zc = z * ax, z * ay, z * az
+        Xc += t[0]
+        Yc += t[1]
+        Zc += t[2]
+        keep = (z > 0) & (Zc > 1e-6)
+        if rgb.has_distortion:
+            Xc, Yc, Zc = Xc[keep], Yc[keep], Zc[keep]
+            u, v = project_points(rgb, Xc, Yc, Zc)
+        else:
+            K = rgb.K
+            iz = np.divide(1.0, Zc, out=np.zeros_like(Zc), where=keep)
+            u = (Xc * iz) * np.float32(K[0, 0]) + (Yc * iz) * np.float32(K[0, 1]) + np.float32(K[0, 2])
+            v = (Yc * iz) * np.float32(K[1, 1]) + np.float32(K[1, 2])
+            u, v, Zc = u[keep], v[keep], Zc[keep]
+        ui = np.floor(u + 0.5).astype(np.int32)
+        vi = np.floor(v + 0.5).astype(np.int32)
         inside = (ui >= 0) & (ui < rw) & (vi >= 0) & (vi < rh)
-        idx = vi[inside] * rw + ui[inside]
-        zz = Zc[inside]
-        out = np.zeros(rh * rw, np.float32)
-        if idx.size:
-            order = np.lexsort((zz, idx))  # by target pixel, nearest first
-            idx_s, z_s = idx[order], zz[order]
-            first = np.empty(idx_s.size, bool)
-            first[0] = True
-            np.not_equal(idx_s[1:], idx_s[:-1], out=first[1:])
-            out[idx_s[first]] = z_s[first]
+        idx = vi[inside].astype(np.int64) * rw + ui[inside]
+        # z-buffer: the nearest surface wins where several depth pixels land on one RGB pixel
+        out = np.full(rh * rw, np.inf, np.float32)
+        np.minimum.at(out, idx, Zc[inside])
+        out[np.isinf(out)] = 0.0
         out = out.reshape(rh, rw)
         if self.config.hole_fill:
             out = fill_depth_holes(out, self.config.hole_fill)
@@ -262,15 +267,15 @@ def fill_depth_holes(depth: np.ndarray, iterations: int = 1) -> np.ndarray:
     Each iteration closes gaps one pixel further; the gaps come from the RGB camera sampling the scene more
     finely than the depth camera.
     """
-    big = np.float32(3.0e38)
-    out = depth.copy()
+    big = 3.0e38
+    out = np.ascontiguousarray(depth, dtype=np.float32)
     kernel = np.ones((3, 3), np.uint8)
     for _ in range(int(iterations)):
-        hole = out <= 0
-        if not hole.any():
-            break
-        src = np.where(hole, big, out)
-        eroded = cv2.erode(src, kernel)
-        fill = hole & (eroded < big)
-        out[fill] = eroded[fill]
+        # OpenCV element-wise ops throughout: "valid ? depth : min of valid neighbours" without numpy masks
+        _, hole_big = cv2.threshold(out, 0.0, big, cv2.THRESH_BINARY_INV)  # big where invalid
+        _, valid_big = cv2.threshold(out, 0.0, big, cv2.THRESH_BINARY)  # big where valid
+        src = cv2.max(out, hole_big)  # invalid → big, so the erosion (a min filter) ignores them
+        cand = cv2.max(cv2.erode(src, kernel), valid_big)  # only invalid pixels take a neighbour's depth
+        res = cv2.min(src, cand)
+        _, out = cv2.threshold(res, 0.5 * big, 0.0, cv2.THRESH_TOZERO_INV)  # still no valid neighbour → 0
     return out
