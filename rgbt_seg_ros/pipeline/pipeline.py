@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
-from rgbt_seg_ros.pipeline.camera import CameraModel, Extrinsics, as_camera_model
+from rgbt_seg_ros.pipeline.camera import Extrinsics, as_camera_model
 from rgbt_seg_ros.pipeline.config import NormalizationConfig, PipelineConfig, RegistrationConfig
 from rgbt_seg_ros.pipeline.normalize import depth_to_metres, normalize_depth_metres, scale_into, value_range
 from rgbt_seg_ros.pipeline.palettes import palette_for
