@@ -183,7 +183,7 @@ def test_rgbt_replay_pairs_and_stamps(tmp_path, small_model, demo_bag, capsys):
                       "  plane_distance: 8.0\n")
     out = tmp_path / "out"
     rc = cli(["replay", str(demo_bag), "--out", str(out), "--model", str(small_model), "--config", str(config),
-              "--storage", "sqlite3", "--no-progress"])
+              "--storage", "sqlite3"])  # with the progress bar, as users run it
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     with AnyReader([demo_bag]) as src:

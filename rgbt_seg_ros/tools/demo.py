@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
     from rgbt_seg_ros.pipeline.config import PipelineConfig
     from rgbt_seg_ros.pipeline.pipeline import SegmentationPipeline
     from rgbt_seg_ros.synthetic.demo_bag import TOPICS, DemoBagSpec, write_demo_bag
-    from rgbt_seg_ros.tools.replay import ReplaySettings, run_replay
+    from rgbt_seg_ros.tools.replay import ReplaySettings, check_modality, run_replay
 
     t0 = time.perf_counter()
     out: Path = args.out
@@ -93,8 +93,10 @@ def main(args: argparse.Namespace) -> int:
     if model_path.is_file():
         backend = create_backend(model_path)
         model_desc = str(model_path)
-        if not backend.card.trained:
-            print(f"UNTRAINED weights: {model_path} says trained=false; the labels are meaningless", file=sys.stderr)
+        if backend.card.modality != "thermal":
+            raise RgbtSegError(f"model {model_path}: an RGB-{backend.card.modality} model; the demo bag is RGB + thermal")
+        for line in check_modality(backend.card, "thermal", rgb_only=False):
+            print(line, file=sys.stderr)  # e.g. the trained=false warning
     elif args.model:
         raise RgbtSegError(f"--model {args.model}: file does not exist")
     else:
