@@ -107,7 +107,7 @@ class BagReader:
         self.path = Path(path)
         self._reader: AnyReader | None = None
         self._out_store: Typestore | None = None
-        self._converters: dict[str, Any] = {}
+        self._converters: dict[str, Typestore] = {}  # ROS 1 msgtype -> ROS 2 store
 
     # -- opening -------------------------------------------------------------------------------------
     def __enter__(self) -> "BagReader":
@@ -193,10 +193,8 @@ class BagReader:
         """Like ``deserialize`` but always with ROS 2 field names (ROS 1 ``CameraInfo.K`` arrives as ``k``)."""
         if self.reader.is2:
             return self.deserialize(msg)
-        store = self._converters.get(msg.msgtype) or self._ros2_store_for(msg.msgtype)
-        self._converters[msg.msgtype] = store
         try:
-            return store.deserialize_cdr(self.to_cdr(msg), msg.msgtype)
+            return self._ros2_store_for(msg.msgtype).deserialize_cdr(self.to_cdr(msg), msg.msgtype)
         except RgbtSegError:
             raise
         except Exception as exc:
@@ -216,29 +214,29 @@ class BagReader:
         return store.generate_msgdef(conn.msgtype, ros_version=2)[0], store.hash_rihs01(conn.msgtype)
 
     def _ros2_store_for(self, msgtype: str) -> Typestore:
-        """ROS 2 store that serialises ``msgtype``: the standard one when wire formats agree, else the
-        bag's own (ROS 1) definition with the ROS 2 Header."""
+        """ROS 2 store that serialises a ROS 1 bag's ``msgtype`` (cached): the standard one when the wire
+        formats agree, else the bag's own definitions with the ROS 2 Header."""
+        if msgtype in self._converters:
+            return self._converters[msgtype]
         if self._out_store is None:
             self._out_store = output_typestore()
         store = self._out_store
-        if msgtype in store.fielddefs and _same_wire_format(self.reader.typestore, store, msgtype, msgtype):
-            return store
-        custom = get_typestore(Stores.EMPTY)
-        typs = dict(self.reader.typestore.fielddefs)
-        typs["std_msgs/msg/Header"] = store.fielddefs["std_msgs/msg/Header"]
-        typs.setdefault("builtin_interfaces/msg/Time", store.fielddefs["builtin_interfaces/msg/Time"])
-        custom.register(typs)
-        return custom
+        if not (msgtype in store.fielddefs and _same_wire_format(self.reader.typestore, store, msgtype, msgtype)):
+            standard = store
+            store = get_typestore(Stores.EMPTY)
+            typs = dict(self.reader.typestore.fielddefs)
+            typs["std_msgs/msg/Header"] = standard.fielddefs["std_msgs/msg/Header"]
+            typs.setdefault("builtin_interfaces/msg/Time", standard.fielddefs["builtin_interfaces/msg/Time"])
+            store.register(typs)
+        self._converters[msgtype] = store
+        return store
 
     def to_cdr(self, msg: BagMessage) -> bytes | memoryview:
         """The message's bytes as CDR: the stored bytes for rosbag2, rosbags' byte-level conversion for ROS 1."""
         if self.reader.is2:
             return msg.raw
-        store = self._converters.get(msg.msgtype)
-        if store is None:
-            store = self._converters[msg.msgtype] = self._ros2_store_for(msg.msgtype)
         try:
-            return store.ros1_to_cdr(msg.raw, msg.msgtype)
+            return self._ros2_store_for(msg.msgtype).ros1_to_cdr(msg.raw, msg.msgtype)
         except Exception as exc:
             raise RgbtSegError(f"topic {msg.topic}: cannot convert ROS 1 {msg.msgtype} to CDR "
                                f"({_first_line(exc)})") from None
