@@ -312,3 +312,22 @@ def test_every_modality_builds():
             out = net(*_inputs(1, 40, 56, 3 if modality == "depth" else 1))
         assert out.shape == (1, 3, 40, 56) and net.modality == modality
         assert get_network_spec("fusion_baseline").name == net.network_name
+
+
+def test_networks_command_lists_params_and_gmacs(capsys):
+    import json
+
+    from rgbt_seg_ros.cli import main
+
+    assert main(["networks", "rgb_only", "fusion_baseline", "--variant", "mobilenetv3_small_100", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["network"], r["variant"]) for r in rows] == [("rgb_only", "mobilenetv3_small_100"),
+                                                             ("fusion_baseline", "mobilenetv3_small_100")]
+    for r in rows:
+        params_m, gmacs = network_complexity(r["network"], r["variant"])
+        assert r["params_M"] == round(params_m, 3) and r["GMACs"] == round(gmacs, 2) and r["input"] == "640x480"
+    assert main(["networks", "rgb_only", "--variant", "mobilenetv3_small_100", "--size", "320x240"]) == 0
+    table = capsys.readouterr().out
+    assert "multiply-adds" in table and "rgb_only" in table and "320x240" in table
+    assert main(["networks", "no_such_net"]) == 2
+    assert "no_such_net" in capsys.readouterr().err
