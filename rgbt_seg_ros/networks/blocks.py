@@ -93,13 +93,14 @@ def create_backbone(name: str, in_chans: int = 3, pretrained: bool = False, out_
         kwargs["output_stride"] = output_stride
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices)
+    if not pretrained:
+        return timm.create_model(name, features_only=True, pretrained=False, in_chans=in_chans, **kwargs)
     try:
-        return timm.create_model(name, features_only=True, pretrained=pretrained, in_chans=in_chans, **kwargs)
-    except RuntimeError as exc:  # no hub / no cached weights
-        if pretrained:
-            raise RgbtSegError(f"backbone {name!r}: cannot load pretrained weights ({exc}); "
-                               "use pretrained=False or pre-populate the timm/HF cache") from None
-        raise
+        return timm.create_model(name, features_only=True, pretrained=True, in_chans=in_chans, **kwargs)
+    except Exception as exc:  # no hub, no cached weights, proxy errors: many exception types, one cause
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise RgbtSegError(f"backbone {name!r}: cannot load ImageNet weights ({first_line}); "
+                           "use pretrained=False or pre-populate the timm / Hugging Face cache") from None
 
 
 def backbone_stages(features: nn.Module) -> nn.ModuleList:

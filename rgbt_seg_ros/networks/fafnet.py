@@ -7,8 +7,8 @@
   attended feature is added to the *other* modality's input (cross fusion); then FAM — semantic-flow
   alignment (shared :class:`~rgbt_seg_ros.networks.blocks.FAM`: 1×1 unify, 3×3 conv on the concatenation
   → 2-channel flow, ``grid_sample`` warp) of the aux stream onto the RGB stream. The warped aux features
-  are added back to both streams, which continue into the next stage, and their sum with the RGB stream
-  is that level's fused feature.
+  are added back to both streams, which continue into the next stage; the RGB stream after that addition
+  is the level's fused feature that the decoder reads.
 * Decoder (SFNet-style): a pyramid pooling head on the deepest fused feature, then an aligned top-down
   path: at each level a FAM warps the coarser decoder feature onto the finer lateral and adds it; all
   levels are upsampled to /4, concatenated, fused by a 3×3 conv and classified, bilinear back to H×W.
