@@ -232,3 +232,30 @@ def test_failed_write_leaves_nothing_and_keeps_old_output(tmp_path, error):
             raise error("midway")
     assert _tree_hash(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_qos_profiles_survive_the_copy(tmp_path):
+    from rosbags.interfaces import QosDurability
+    from rosbags.rosbag1 import Writer as W1
+
+    from rgbt_seg_ros.io.bag import LATCHED_QOS
+
+    store = get_typestore(Stores.ROS1_NOETIC)
+    src = tmp_path / "latched.bag"
+    with W1(src) as w:
+        latched = w.add_connection("/tf_static", "std_msgs/msg/String", typestore=store, latching=1)
+        plain = w.add_connection("/chatter", "std_msgs/msg/String", typestore=store)
+        for conn in (latched, plain):
+            w.write(conn, 5, store.serialize_ros1(store.types["std_msgs/msg/String"](data="x"), "std_msgs/msg/String"))
+    mid, out = tmp_path / "mid", tmp_path / "out"
+    for a, b in ((src, mid), (mid, out)):  # ROS 1 -> rosbag2 -> rosbag2
+        with BagReader(a) as bag, BagWriter(b, storage="sqlite3") as w:
+            for conn in bag.reader.connections:
+                w.add_connection(conn.topic, conn.msgtype, *bag.ros2_definition(conn), qos=bag.qos(conn))
+            for m in bag.messages():
+                w.write_raw(m.topic, m.log_time, bag.to_cdr(m), m.msgtype)
+    with BagReader(out) as bag:
+        qos = {c.topic: bag.qos(c) for c in bag.reader.connections}
+    assert qos["/chatter"] == []
+    assert len(qos["/tf_static"]) == 1 and qos["/tf_static"][0].durability == QosDurability.TRANSIENT_LOCAL
+    assert qos["/tf_static"][0] == LATCHED_QOS

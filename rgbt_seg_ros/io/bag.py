@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from rosbags.highlevel import AnyReader
-from rosbags.interfaces import Connection, MessageDefinitionFormat, Nodetype
+from rosbags.interfaces import (Connection, ConnectionExtRosbag1, ConnectionExtRosbag2, MessageDefinitionFormat,
+                                Nodetype, Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime)
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
@@ -34,6 +35,12 @@ SEGMENTATION_INFO = "rgbt_seg_ros/msg/SegmentationInfo"
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+
+
+_INFINITE = QosTime(2147483647, 4294967295)  # rmw's "infinite" duration, as rosbag2 records it
+# A latched ROS 1 topic (e.g. /tf_static) replays as transient-local, so late subscribers still get it.
+LATCHED_QOS = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, _INFINITE,
+                  _INFINITE, QosLiveliness.AUTOMATIC, _INFINITE, False)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -213,6 +220,15 @@ class BagReader:
         store = self._ros2_store_for(conn.msgtype)
         return store.generate_msgdef(conn.msgtype, ros_version=2)[0], store.hash_rihs01(conn.msgtype)
 
+    def qos(self, conn: Connection) -> list[Qos]:
+        """The QoS profiles ``ros2 bag play`` should offer for ``conn`` (the recorded ones; latched ROS 1
+        topics as transient-local)."""
+        if isinstance(conn.ext, ConnectionExtRosbag2):
+            return list(conn.ext.offered_qos_profiles)
+        if isinstance(conn.ext, ConnectionExtRosbag1) and conn.ext.latching:
+            return [LATCHED_QOS]
+        return []
+
     def _ros2_store_for(self, msgtype: str) -> Typestore:
         """ROS 2 store that serialises a ROS 1 bag's ``msgtype`` (cached): the standard one when the wire
         formats agree, else the bag's own definitions with the ROS 2 Header."""
@@ -289,18 +305,20 @@ class BagWriter:
         return self
 
     def add_connection(self, topic: str, msgtype: str, msgdef: str | None = None, rihs01: str | None = None,
-                       ) -> Connection:
+                       qos: list[Qos] | None = None) -> Connection:
         """Declare (topic, type) once; standard and package types come from the output typestore."""
         key = (topic, msgtype)
         if key in self._conns:
             return self._conns[key]
         assert self._writer is not None, "BagWriter used outside its with-block"
+        profiles = list(qos or [])
         if msgdef is not None and rihs01 is not None:
-            conn = self._writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01=rihs01)
+            conn = self._writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01=rihs01,
+                                               offered_qos_profiles=profiles)
         else:
             if msgtype not in self.typestore.fielddefs:
                 raise RgbtSegError(f"topic {topic}: message type {msgtype} is unknown to the output typestore")
-            conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
+            conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore, offered_qos_profiles=profiles)
         self._conns[key] = conn
         self.counts.setdefault(topic, 0)
         return conn

@@ -192,7 +192,7 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
             Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
             Image = store.types[IMAGE]
             for conn in bag.reader.connections:
-                writer.add_connection(conn.topic, conn.msgtype, *bag.ros2_definition(conn))
+                writer.add_connection(conn.topic, conn.msgtype, *bag.ros2_definition(conn), qos=bag.qos(conn))
             for name in OUTPUT_IMAGES:
                 writer.add_connection(f"{ns}/{name}", IMAGE)
             writer.add_connection(f"{ns}/info", SEGMENTATION_INFO)
