@@ -144,6 +144,12 @@ def test_sixteen_bit_png_depth_and_compressed_depth():
     np.testing.assert_array_equal(out, depth)
 
 
+def test_sixteen_bit_colour_png_is_refused():
+    ok, png = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint16))
+    with pytest.raises(RgbtSegError, match=r"topic /c: field data: uint16 colour images are not supported"):
+        compressed_to_numpy(SimpleNamespace(format="png", data=png.tobytes()), topic="/c")
+
+
 def test_undecodable_compressed_names_topic():
     with pytest.raises(RgbtSegError, match=r"topic /c: field data: 10 bytes could not be decoded"):
         compressed_to_numpy(SimpleNamespace(format="jpeg", data=bytes(10)), topic="/c")

@@ -151,6 +151,9 @@ def compressed_to_numpy(msg: Any, topic: str | None = None) -> tuple[np.ndarray,
                 out = np.where(inv > 0, quant_a / (inv - quant_b), np.nan).astype(np.float32)
             return out, "32FC1"
         return image.astype(np.uint16, copy=False), original or "16UC1"
+    if image.ndim == 3 and image.dtype != np.uint8:
+        raise RgbtSegError(f"{_where(topic)}field data: {image.dtype} colour images are not supported "
+                           f"(8-bit colour or 8/16-bit grey)")
     if image.ndim == 3 and image.shape[2] == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "rgb8"
     if image.ndim == 3 and image.shape[2] == 4:
