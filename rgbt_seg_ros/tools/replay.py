@@ -118,10 +118,6 @@ class ReplaySummary:
         return out
 
 
-def _stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 def _resolve_topics(bag, s: ReplaySettings) -> None:
     from rgbt_seg_ros.io.bag import CAMERA_INFO
 
