@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.networks import create_network, get_network_spec
 from rgbt_seg_ros.networks.complexity import network_complexity
-from rgbt_seg_ros.networks.efnet import (DBTC, MFAD, ClusterAttention, TokenState, density_peaks, merge_tokens,
-                                         tokens_to_map)
+from rgbt_seg_ros.networks.efnet import (DBTC, MFAD, ClusterAttention, TokenState, _feature_dist, density_peaks,
+                                         map_to_tokens, merge_tokens, tokens_to_map)
 
 
 def _grid_state(x: torch.Tensor, h: int, w: int) -> TokenState:
@@ -137,6 +137,28 @@ def test_tokens_to_map_paints_pixels_with_their_token():
     assert torch.allclose(tokens_to_map(x, idx, 2, 4, factor=2)[0, 0], torch.tensor([[1.25, 2.0]]))
 
 
+def test_map_to_tokens_averages_the_pixels_of_each_token():
+    idx = torch.tensor([[0, 0, 1, 1, 0, 1, 1, 1]])  # 2×4 pixel grid, token 0 owns 3 pixels, token 1 owns 5
+    cnt = torch.tensor([[[3.0], [5.0]]])
+    grid = torch.tensor([[[[1.0, 3.0]]]])  # 1×2 map at factor 2: left block 1, right block 3
+    tokens = map_to_tokens(grid, idx, cnt, torch.zeros(1, 2, 1), factor=2)
+    assert torch.allclose(tokens[0, :, 0], torch.tensor([(1 + 1 + 1) / 3, (3 + 3 + 1 + 3 + 3) / 5]))
+
+
+def test_identical_tokens_are_exact_ties():
+    # Matmul-form distances of identical vectors leave rounding noise; it must be snapped to exactly 0,
+    # or tie decisions would depend on the backend's rounding.
+    torch.manual_seed(4)  # with this draw the raw |a|² + |b|² − 2a·b of equal rows is ~1e-4, not 0, here
+    row = torch.randn(1, 1, 100) * 3 + 1
+    x = torch.cat([row.expand(1, 6, 100), torch.randn(1, 10, 100) * 5], 1)
+    d = _feature_dist(x)[0]
+    assert torch.equal(d[:6, :6], torch.zeros(6, 6))
+    assert (d[6:, :6] > 1.0).all()
+    # Identical tokens at identical-spacing positions: index decides, the same way on every run.
+    pos = torch.rand(1, 16, 2)
+    assert torch.equal(density_peaks(x, pos, 4, 3, 1.0), density_peaks(x.clone(), pos.clone(), 4, 3, 1.0))
+
+
 @pytest.mark.parametrize("aux_channels", [1, 3])
 def test_forward_train_eval_odd_size(aux_channels):
     torch.manual_seed(0)
@@ -176,8 +198,12 @@ def test_onnx_export_tiny_dynamic_matches_torch():
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
-    for b, h, w in [(1, 64, 96), (2, 50, 70)]:  # the second size differs from the traced one
-        rgb, aux = torch.randn(b, 3, h, w), torch.randn(b, 1, h, w)
+    flat_rgb, flat_aux = torch.full((1, 3, 50, 70), 0.3), torch.full((1, 1, 50, 70), -0.5)
+    flat_rgb[..., 10:30, 20:45], flat_aux[..., 25:40, 5:30] = -1.0, 1.2  # flat areas: many exact ties
+    cases = [(torch.randn(1, 3, 64, 96), torch.randn(1, 1, 64, 96)),
+             (torch.randn(2, 3, 50, 70), torch.randn(2, 1, 50, 70)),  # sizes differ from the traced one
+             (flat_rgb, flat_aux)]
+    for rgb, aux in cases:
         with torch.no_grad():
             ref = net(rgb, aux).numpy()
         got = session.run(None, {"rgb": rgb.numpy(), "aux": aux.numpy()})[0]
