@@ -353,12 +353,14 @@ class _Materials:
             rows.append((rgb, emit, temp, rgb_tex, temp_tex))
             return len(rows) - 1
 
-        self.road = add((0.30, 0.30, 0.31), road, rgb_tex=0.22, temp_tex=1.4)
-        self.marking = add((0.85, 0.85, 0.82), road - 1.0, rgb_tex=0.05, temp_tex=1.0)
-        self.walk = add((0.62, 0.58, 0.52), road - (1.0 if night else 4.0), rgb_tex=0.2, temp_tex=1.2)
-        self.joint = add((0.46, 0.43, 0.39), road - (1.0 if night else 4.0), rgb_tex=0.1, temp_tex=1.2)
-        self.grass = add((0.22, 0.45, 0.16), amb - (1.0 if night else 3.0), rgb_tex=0.25, temp_tex=1.5)
-        self.plot = add((0.45, 0.40, 0.33), amb, rgb_tex=0.2, temp_tex=1.5)
+        # Ground materials differ in thermal inertia: asphalt keeps the day's heat longest, concrete less,
+        # grass cools radiatively below the air temperature on clear nights.
+        self.road = add((0.30, 0.30, 0.31), road, rgb_tex=0.22, temp_tex=1.0)
+        self.marking = add((0.85, 0.85, 0.82), road - 1.0, rgb_tex=0.05, temp_tex=0.8)
+        self.walk = add((0.62, 0.58, 0.52), road - (2.5 if night else 4.0), rgb_tex=0.2, temp_tex=0.8)
+        self.joint = add((0.46, 0.43, 0.39), road - (2.5 if night else 4.0), rgb_tex=0.1, temp_tex=0.8)
+        self.grass = add((0.22, 0.45, 0.16), amb - (4.0 if night else 3.0), rgb_tex=0.25, temp_tex=1.2)
+        self.plot = add((0.45, 0.40, 0.33), amb - (1.5 if night else 0.0), rgb_tex=0.2, temp_tex=1.2)
         # Glass: cold sky reflection by day, warm rooms behind it at night.
         self.window = add((0.20, 0.24, 0.30), amb - 2.0 if not night else amb + 1.0, rgb_tex=0.05)
         self.window_lit = add((0.20, 0.24, 0.30), amb + 3.0, emit=(0.55, 0.45, 0.25) if night else (0, 0, 0),
@@ -457,7 +459,7 @@ class SceneGenerator:
         verge = float(rng.uniform(2.0, 7.0))
         if night:
             ambient = float(rng.uniform(4.0, 14.0))
-            road_c = ambient + float(rng.uniform(1.0, 4.0))
+            road_c = ambient + float(rng.uniform(2.0, 5.0))
             sky_c = float(rng.uniform(-40.0, -20.0))
         else:
             ambient = float(rng.uniform(18.0, 30.0))
@@ -492,7 +494,7 @@ class SceneGenerator:
         for _ in range(int(rng.integers(1, self.max_cars + 1))):
             facing = bool(rng.random() < 0.5)
             lane = rng.choice((-1, 1)) * float(rng.uniform(0.2, 0.85)) * road_half
-            z = float(rng.uniform(5.0, 40.0))
+            z = float(rng.uniform(5.0, 35.0))
             width, height = float(rng.uniform(1.7, 2.0)), float(rng.uniform(1.35, 1.75))
             body = tuple(float(c) for c in _CAR_COLOURS[rng.integers(len(_CAR_COLOURS))] * rng.uniform(0.85, 1.1))
             running = rng.random() < 0.85
@@ -516,7 +518,7 @@ class SceneGenerator:
             legs = tuple(float(c) for c in rng.uniform(0.05, 0.6, 3))
             skin = tuple(float(c) for c in _SKIN_TONES[rng.integers(len(_SKIN_TONES))])
             billboards.append(Billboard(
-                PERSON, x, float(rng.uniform(4.0, 30.0)), hgt * 0.32, hgt,
+                PERSON, x, float(rng.uniform(4.0, 25.0)), hgt * 0.32, hgt,
                 albedo={_SKIN: skin, _SHIRT: shirt, _LEGS: legs},
                 temp={_SKIN: float(rng.uniform(32.0, 35.0)), _SHIRT: float(rng.uniform(27.0, 31.0)),
                       _LEGS: float(rng.uniform(25.0, 29.0))},

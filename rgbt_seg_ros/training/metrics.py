@@ -117,7 +117,7 @@ def markdown_table(results: dict[str, Scores]) -> str:
 
 def csv_table(results: dict[str, Scores]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")
     w.writerow(["split", "class", "IoU", "Acc"])
     for split, sc in results.items():
         for n, i, a in zip(sc.class_names, sc.iou, sc.acc):

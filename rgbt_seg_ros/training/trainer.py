@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
                  "warmup_ratio": 0.1},
     "train": {"steps": 1000, "amp": False, "grad_clip": None, "ema": None, "log_every": 10, "val_every": 0,
               "ckpt_every": 200, "keep_checkpoints": 2, "tensorboard": True, "progress": True, "num_images": 4,
-              "save_dtype": "float32", "find_unused_parameters": True, "threads": None},
+              "save_dtype": "float32", "find_unused_parameters": True, "threads": None, "channels_last": False},
     "loss": {
         "ce": 1.0, "dice": 0.0, "ohem": 0.0, "ohem_thresh": 0.7, "ohem_min_kept": 100000,
         "class_weights": None,  # null | list of K floats | "auto" (median-frequency from a sample of the data)
@@ -231,6 +231,7 @@ class Trainer:
         self._build_model()
         self._build_optim()
         self.step = 0
+        self.skipped_steps = 0
         self.writer = None
         self.teacher = None
         self.weighting: L.AlphaFairDWA | None = None
@@ -278,6 +279,8 @@ class Trainer:
             raise RgbtSegError(f"config key 'network': {exc}") from None
         self.aux_channels = aux_channels
         self.model.to(self.device)
+        self.memory_format = torch.channels_last if self.cfg["train"]["channels_last"] else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.ema = None
         if self.cfg["train"]["ema"]:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -371,7 +374,6 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scheduler.lr_lambdas = [self.lr_factor]  # the factor object is rebuilt from the config
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
@@ -558,14 +560,25 @@ class Trainer:
                 key = json.dumps(stage["loss"]["class_weights"])
                 if key not in weights_cache:
                     weights_cache[key] = self._class_weights(stage["loss"]["class_weights"])
-                rgb, aux, target = rgb.to(self.device), aux.to(self.device), target.to(self.device)
+                rgb = rgb.to(self.device).contiguous(memory_format=self.memory_format)
+                aux = aux.to(self.device).contiguous(memory_format=self.memory_format)
+                target = target.to(self.device)
                 loss, logs = self.compute_loss(rgb, aux, target, stage, weights_cache[key])
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
-                if tcfg["grad_clip"]:
-                    self.scaler.unscale_(self.optimizer)
-                    logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), float(tcfg["grad_clip"])))
-                self.scaler.step(self.optimizer)
+                self.scaler.unscale_(self.optimizer)
+                clip = float(tcfg["grad_clip"]) if tcfg["grad_clip"] else math.inf
+                grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+                logs["grad_norm"] = grad_norm
+                if math.isfinite(grad_norm):
+                    self.scaler.step(self.optimizer)
+                else:
+                    # A non-finite gradient would poison the weights for good: skip this update (as
+                    # GradScaler does for fp16 overflows) and count it.
+                    self.skipped_steps += 1
+                    logs["skipped_steps"] = float(self.skipped_steps)
+                    if bar is not None:
+                        bar.write(f"step {self.step}: non-finite gradient, update skipped ({self.skipped_steps} so far)")
                 self.scaler.update()
                 self.scheduler.step()
                 if self.ema is not None:
@@ -596,7 +609,7 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         if tcfg["ckpt_every"]:
             self.save_checkpoint()
-        result = {"step": self.step, "seconds": elapsed}
+        result = {"step": self.step, "seconds": elapsed, "skipped_steps": self.skipped_steps}
         if self.step >= self.total_steps:
             if self.is_main and self.val_set is not None:
                 last_val = self.validate()
