@@ -290,3 +290,51 @@ def test_rgbd_bag_with_jpeg_rgb_and_16bit_depth(tmp_path, capsys):
         assert _ns(img.header) in stamps and log_time == _ns(img.header) + 1000
         assert (img.width, img.height, img.header.frame_id) == (128, 96, "color")
     assert all(abs(i.pair_skew - 3e-6) < 1e-9 for i in infos)
+
+
+def _bag_with_uncalibrated_thermal_info(path: Path) -> None:
+    """RGB + thermal images with CameraInfos whose thermal K is all zeros (an uncalibrated driver)."""
+    from rgbt_seg_ros.io.bag import BagWriter
+    from rgbt_seg_ros.io.image import numpy_to_image_fields
+
+    rng = np.random.default_rng(0)
+    with BagWriter(path) as w:
+        store = w.typestore
+        Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
+        Info, Image = store.types["sensor_msgs/msg/CameraInfo"], store.types["sensor_msgs/msg/Image"]
+        roi = store.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
+                                                              do_rectify=False)
+        for i in range(4):
+            t = 10**9 + i * 10**8
+            for topic, frame, (h, w_), enc, k in (("rgb", "rgb", (60, 80), "rgb8", [70, 0, 40, 0, 70, 30, 0, 0, 1]),
+                                                  ("thermal", "thermal", (48, 64), "mono16", [0.0] * 9)):
+                header = Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id=frame)
+                info = Info(header=header, height=h, width=w_, distortion_model="plumb_bob", d=np.zeros(5),
+                            k=np.asarray(k, np.float64), r=np.eye(3).reshape(-1), p=np.zeros(12), binning_x=0,
+                            binning_y=0, roi=roi)
+                w.write(f"/{topic}/camera_info", t, info, "sensor_msgs/msg/CameraInfo")
+                shape = (h, w_, 3) if enc == "rgb8" else (h, w_)
+                array = rng.integers(0, 255 if enc == "rgb8" else 40000, shape).astype(np.uint8 if enc == "rgb8" else np.uint16)
+                w.write(f"/{topic}/image", t + 1, Image(header=header, **numpy_to_image_fields(array, enc)),
+                        "sensor_msgs/msg/Image")
+
+
+def test_uncalibrated_camera_info(tmp_path, small_model, capsys):
+    bag = tmp_path / "uncal"
+    _bag_with_uncalibrated_thermal_info(bag)
+    plane = tmp_path / "plane.yaml"
+    plane.write_text("registration: {mode: plane, extrinsics: {R: [[1,0,0],[0,1,0],[0,0,1]], t: [0.05,0,0]}}\n")
+    rc = cli(["replay", str(bag), "--out", str(tmp_path / "a"), "--model", str(small_model), "--config", str(plane),
+              "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and err.startswith("rgbt-seg replay: error: pair at RGB stamp 1.000000000:")
+    assert "thermal camera_info" in err and "uncalibrated" in err
+    assert not (tmp_path / "a").exists()
+    # registration that needs no calibration runs despite the unusable CameraInfo
+    identity = tmp_path / "identity.yaml"
+    identity.write_text("registration: {mode: identity, aspect_tolerance: 0.1}\n")
+    rc = cli(["replay", str(bag), "--out", str(tmp_path / "b"), "--model", str(small_model), "--config",
+              str(identity), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    with BagReader(tmp_path / "b") as out:
+        assert out.topics["/rgbt_seg/labels"].count >= 3

@@ -203,9 +203,16 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
                     aux, aux_enc = message_to_numpy(aux_item[0], s.aux_topic)
                 decode_ms = (time.perf_counter() - t0) * 1e3
                 first = keep_first and summary.first_result is None
-                result = pipeline.process(rgb, aux, aux_enc or "mono8", rgb_camera=infos["rgb"].get(),
-                                          aux_camera=infos["aux"].get() if aux is not None else None,
-                                          outputs=ALL_OUTPUTS if first else DEFAULT_OUTPUTS)
+                try:
+                    result = pipeline.process(rgb, aux, aux_enc or "mono8", rgb_camera=infos["rgb"].get(),
+                                              aux_camera=infos["aux"].get() if aux is not None else None,
+                                              outputs=ALL_OUTPUTS if first else DEFAULT_OUTPUTS)
+                except RgbtSegError as exc:
+                    # an unusable CameraInfo (e.g. uncalibrated, K = 0) is the usual root cause: say so
+                    reasons = [i.error for i in infos.values() if i.error]
+                    stamp = f"{rgb_msg.header.stamp.sec}.{rgb_msg.header.stamp.nanosec:09d}"
+                    raise RgbtSegError(f"pair at RGB stamp {stamp}: {exc}"
+                                       + (f" (earlier: {'; '.join(reasons)})" if reasons else "")) from None
                 header = Header(stamp=Time(sec=int(rgb_msg.header.stamp.sec), nanosec=int(rgb_msg.header.stamp.nanosec)),
                                 frame_id=str(rgb_msg.header.frame_id))
                 t1 = time.perf_counter()
