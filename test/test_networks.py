@@ -291,7 +291,7 @@ def test_smallest_variant_learns_synthetic_scenes(spec, synthetic_data):
         optim.zero_grad(set_to_none=True)
         total.backward()
         optim.step()
-        losses.append(float(main))
+        losses.append(main.item())
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     net.eval()
     with torch.no_grad():
