@@ -174,7 +174,8 @@ def test_missing_rgb_topic_lists_bag(tmp_path, small_model, demo_bag, capsys):
     rc = cli(["replay", str(demo_bag), "--out", str(tmp_path / "o"), "--model", str(small_model),
               "--rgb-topic", "/camera/image_raw", "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 2 and "--rgb-topic /camera/image_raw: not in bag" in err and "/thermal/image [sensor_msgs/msg/Image" in err
+    assert rc == 2 and "--rgb-topic /camera/image_raw: not in bag" in err
+    assert "/thermal/image [sensor_msgs/msg/Image" in err
 
 
 def test_rgbt_replay_pairs_and_stamps(tmp_path, small_model, demo_bag, capsys):
@@ -314,7 +315,8 @@ def _bag_with_uncalibrated_thermal_info(path: Path) -> None:
                             binning_y=0, roi=roi)
                 w.write(f"/{topic}/camera_info", t, info, "sensor_msgs/msg/CameraInfo")
                 shape = (h, w_, 3) if enc == "rgb8" else (h, w_)
-                array = rng.integers(0, 255 if enc == "rgb8" else 40000, shape).astype(np.uint8 if enc == "rgb8" else np.uint16)
+                dtype = np.uint8 if enc == "rgb8" else np.uint16
+                array = rng.integers(0, 255 if enc == "rgb8" else 40000, shape).astype(dtype)
                 w.write(f"/{topic}/image", t + 1, Image(header=header, **numpy_to_image_fields(array, enc)),
                         "sensor_msgs/msg/Image")
 

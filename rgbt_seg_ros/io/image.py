@@ -88,7 +88,8 @@ def numpy_to_image_fields(array: np.ndarray, encoding: str, *, is_bigendian: boo
     if array.ndim == 2 and channels == 1:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] != channels:
-        raise RgbtSegError(f"field encoding: {encoding} needs {channels} channel(s), got an array of shape {array.shape}")
+        raise RgbtSegError(f"field encoding: {encoding} needs {channels} channel(s), "
+                           f"got an array of shape {array.shape}")
     if array.dtype != dtype:
         if array.dtype.kind != dtype.kind and not (dtype.kind in "iu" and array.dtype.kind in "iu"):
             raise RgbtSegError(f"field encoding: {encoding} needs {dtype} data, got {array.dtype}")

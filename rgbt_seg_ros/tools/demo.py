@@ -25,7 +25,8 @@ example:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("rgbt_seg_demo"), help="output folder (default ./rgbt_seg_demo)")
+    parser.add_argument("--out", type=Path, default=Path("rgbt_seg_demo"),
+                        help="output folder (default ./rgbt_seg_demo)")
     parser.add_argument("--frames", type=int, default=30, help="RGB frames at 30 Hz (default 30 = 1 s)")
     parser.add_argument("--day", action="store_true", help="a day scene (default: night, where thermal matters most)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
@@ -94,7 +95,8 @@ def main(args: argparse.Namespace) -> int:
         backend = create_backend(model_path)
         model_desc = str(model_path)
         if backend.card.modality != "thermal":
-            raise RgbtSegError(f"model {model_path}: an RGB-{backend.card.modality} model; the demo bag is RGB + thermal")
+            raise RgbtSegError(f"model {model_path}: an RGB-{backend.card.modality} model; "
+                               f"the demo bag is RGB + thermal")
         for line in check_modality(backend.card, "thermal", rgb_only=False):
             print(line, file=sys.stderr)  # e.g. the trained=false warning
     elif args.model:

@@ -110,7 +110,8 @@ class ReplaySummary:
                        + ", ".join(f"{s} {n}" for s, n in self.queued_at_end.items() if n))
         if self.skew_ms.get("n"):
             s = self.skew_ms
-            out.append(f"pair skew |aux-rgb|: p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, max {s['max_ms']:.1f} ms")
+            out.append(f"pair skew |aux-rgb|: p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, "
+                       f"max {s['max_ms']:.1f} ms")
         if self.latency_ms:
             out.append("latency per pair (ms)      p50      p95      p99")
             for stage, v in self.latency_ms.items():
@@ -210,10 +211,11 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
                 except RgbtSegError as exc:
                     # an unusable CameraInfo (e.g. uncalibrated, K = 0) is the usual root cause: say so
                     reasons = [i.error for i in infos.values() if i.error]
-                    stamp = f"{rgb_msg.header.stamp.sec}.{rgb_msg.header.stamp.nanosec:09d}"
-                    raise RgbtSegError(f"pair at RGB stamp {stamp}: {exc}"
+                    when = f"{rgb_msg.header.stamp.sec}.{rgb_msg.header.stamp.nanosec:09d}"
+                    raise RgbtSegError(f"pair at RGB stamp {when}: {exc}"
                                        + (f" (earlier: {'; '.join(reasons)})" if reasons else "")) from None
-                header = Header(stamp=Time(sec=int(rgb_msg.header.stamp.sec), nanosec=int(rgb_msg.header.stamp.nanosec)),
+                stamp = rgb_msg.header.stamp
+                header = Header(stamp=Time(sec=int(stamp.sec), nanosec=int(stamp.nanosec)),
                                 frame_id=str(rgb_msg.header.frame_id))
                 t1 = time.perf_counter()
                 labels_enc = "mono8" if result.labels.dtype == np.uint8 else "mono16"
