@@ -230,3 +230,23 @@ def test_mafs_two_stage_schedule_reconstruction_then_joint_with_kd(tmp_path):
     assert set(seen[0]) >= {"loss/fusion"} and "loss/seg" not in seen[0]
     assert {"loss/seg", "loss/deep_sup", "loss/fusion", "loss/kd", "weight/kd"} <= set(seen[1])
     assert all(math.isfinite(v) for logs in seen for v in logs.values())
+
+
+def test_shipped_training_configs_load():
+    """Every config in config/train/ names only known keys and a registered network."""
+    from rgbt_seg_ros.networks import list_networks
+    from rgbt_seg_ros.training.trainer import stages_of
+
+    root = Path(__file__).resolve().parents[1] / "config" / "train"
+    files = sorted(root.glob("*.yaml"))
+    assert {"builtin.yaml", "mafs_mfnet.yaml", "fafnet_nyuv2.yaml", "efnet_mfnet.yaml", "nested_dff_mfnet.yaml",
+            "freqfusion_pst900.yaml"} <= {f.name for f in files}
+    names = {s.name for s in list_networks()}
+    for f in files:
+        cfg = load_config(f)
+        assert cfg["network"]["name"] in names, f
+        assert stages_of(cfg)[-1]["end"] > 0
+    mafs = stages_of(load_config(root / "mafs_mfnet.yaml"))
+    assert [s["name"] for s in mafs] == ["reconstruct", "joint"]
+    assert mafs[0]["loss"]["reconstruction"] > 0 and mafs[0]["loss"]["mask_patch"] == 32
+    assert mafs[1]["loss"]["task_weighting"] == {"alpha": 0.8, "temperature": 500, "period": 500}
