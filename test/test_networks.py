@@ -129,6 +129,7 @@ def test_backbone_stages_reproduce_features_only_outputs():
     assert all(torch.equal(g, e) for g, e in zip(got, expected))
 
 
+@pytest.mark.slow
 def test_complexity_on_meta_equals_a_real_count():
     net = create_network("fusion_baseline", 9, variant="mobilenetv3_small_100")
     params_m, gmacs = network_complexity("fusion_baseline", "mobilenetv3_small_100", h=128, w=160)
@@ -241,6 +242,7 @@ def _onnx_parity(net: torch.nn.Module, export_hw: tuple[int, int], check: list[t
     return worst
 
 
+@pytest.mark.slow  # export + onnxruntime session, or several graph counts: seconds each
 def test_onnx_export_matches_torch(small_net):
     spec, net = small_net
     dynamic = getattr(net, "onnx_dynamic", True)
@@ -314,6 +316,7 @@ def test_every_modality_builds():
         assert get_network_spec("fusion_baseline").name == net.network_name
 
 
+@pytest.mark.slow
 def test_networks_command_lists_params_and_gmacs(capsys):
     import json
 
