@@ -242,7 +242,7 @@ def _onnx_parity(net: torch.nn.Module, export_hw: tuple[int, int], check: list[t
     return worst
 
 
-@pytest.mark.slow  # export + onnxruntime session, or several graph counts: seconds each
+@pytest.mark.slow  # export + onnxruntime sessions: seconds per network
 def test_onnx_export_matches_torch(small_net):
     spec, net = small_net
     dynamic = getattr(net, "onnx_dynamic", True)
