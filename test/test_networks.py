@@ -149,6 +149,24 @@ def test_complexity_on_meta_equals_a_real_count():
     assert gmacs == pytest.approx(count_macs(net, 128, 160), rel=1e-9) and gmacs > 0
 
 
+def test_count_macs_prefers_complexity_forward():
+    class TwoGraphs(SegmentationNet):
+        """Eval forward: one 1×1 conv; complexity_forward adds a second branch the paper counts."""
+
+        def __init__(self):
+            super().__init__(4, 1)
+            self.seg = torch.nn.Conv2d(3, 4, 1)
+            self.extra = torch.nn.Conv2d(1, 2, 1)
+
+        def forward_padded(self, rgb, aux):
+            return self.seg(rgb)
+
+    plain = TwoGraphs()
+    assert count_macs(plain, 32, 32) == pytest.approx(3 * 4 * 32 * 32 / 1e9)
+    plain.complexity_forward = lambda rgb, aux: (plain(rgb, aux), plain.extra(aux))
+    assert count_macs(plain, 32, 32) == pytest.approx((3 * 4 + 1 * 2) * 32 * 32 / 1e9)
+
+
 # ------------------------------------------------------------------------------------------------ contract
 
 @pytest.fixture(scope="module", params=SPECS, ids=IDS)

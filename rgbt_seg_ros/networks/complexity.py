@@ -25,18 +25,36 @@ def count_parameters(net: nn.Module, trainable_only: bool = False) -> int:
     return sum(seen.values())
 
 
+class _CountedGraph(nn.Module):
+    """The graph a network's paper counts: ``net.complexity_forward`` where defined (e.g. MAFS with its fused
+    image output), else the eval forward."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, rgb: torch.Tensor, aux: torch.Tensor):
+        graph = getattr(self.net, "complexity_forward", None)
+        return graph(rgb, aux) if graph is not None else self.net(rgb, aux)
+
+
 def _count_flops(net: nn.Module, rgb: torch.Tensor, aux: torch.Tensor, state: dict | None) -> int:
     counter = FlopCounterMode(display=False)
+    graph = _CountedGraph(net)
     with counter, torch.no_grad():
         if state is None:
-            net(rgb, aux)
+            graph(rgb, aux)
         else:
-            functional_call(net, state, (rgb, aux))
+            functional_call(graph, {f"net.{k}": v for k, v in state.items()}, (rgb, aux))
     return counter.get_total_flops()
 
 
 def count_macs(net: nn.Module, h: int = 480, w: int = 640, batch: int = 1, aux_channels: int | None = None) -> float:
-    """Multiply-adds (GMACs, i.e. FLOPs / 2) of one eval-mode forward on a ``batch``×{3,C}×``h``×``w`` input."""
+    """Multiply-adds (GMACs, i.e. FLOPs / 2) of one eval-mode forward on a ``batch``×{3,C}×``h``×``w`` input.
+
+    A network may define ``complexity_forward(rgb, aux)`` when the graph its paper counts differs from the
+    eval forward (MAFS counts its fused-image branch); that method is counted instead.
+    """
     aux_channels = aux_channels if aux_channels is not None else int(getattr(net, "aux_channels", 1))
     was_training = net.training
     net.eval()
