@@ -26,7 +26,8 @@ def logits_to_labels(logits: np.ndarray, need_labels: bool = True, need_confiden
 
     Ties go to the lowest class id. Confidence is max softmax = 1 / Σ_k exp(l_k − max_k l).
     A running max over the K planes with OpenCV element-wise ops: several times faster than numpy's
-    strided arg-max over axis 0, and no K×h×w temporaries.
+    strided arg-max over axis 0, and no K×h×w temporaries. Each logit plane is visited once for the
+    arg-max and the exp-sum together, while it is still in cache (one pass over the K planes, not two).
     """
     if logits.ndim != 3 or logits.shape[0] < 1:
         raise RgbtSegError(f"logits: expected K×h×w, got shape {logits.shape}")
@@ -39,29 +40,33 @@ def logits_to_labels(logits: np.ndarray, need_labels: bool = True, need_confiden
         labels = np.zeros((h, w), dtype)
         mask = np.empty((h, w), np.uint8)
         won = np.empty((h, w), dtype)
+    if need_confidence:
+        acc = np.empty((h, w), np.float32)
+        tmp = np.empty((h, w), np.float32)
+        # Σ_k exp(l_k) without subtracting the max, speculatively; used only if exp cannot over/underflow (below)
+        cv2.exp(logits[0], dst=acc)
     for c in range(1, k):
+        lc = logits[c]
         if need_labels:
-            cv2.compare(logits[c], best, cv2.CMP_GT, dst=mask)  # strictly greater: ties keep the lower id
+            cv2.compare(lc, best, cv2.CMP_GT, dst=mask)  # strictly greater: ties keep the lower id
             if dtype == np.uint8:
                 # classes are visited in increasing order, so "c where c wins, else keep" is a max
                 cv2.bitwise_and(mask, c, dst=won)
                 cv2.max(labels, won, dst=labels)
             else:
                 np.copyto(labels, np.uint16(c), where=mask.astype(bool))
-        cv2.max(best, logits[c], dst=best)
+        cv2.max(best, lc, dst=best)
+        if need_confidence:
+            cv2.exp(lc, dst=tmp)
+            cv2.add(acc, tmp, dst=acc)
     if need_confidence:
-        acc = np.empty((h, w), np.float32)
-        tmp = np.empty((h, w), np.float32)
         low, top, _, _ = cv2.minMaxLoc(best)
         if top < 80.0 and low > -80.0:
             # exp(l) neither overflows nor underflows float32 here: Σ exp(l_k) / exp(max) needs no per-class
             # subtraction
-            cv2.exp(logits[0], dst=acc)
-            for c in range(1, k):
-                cv2.exp(logits[c], dst=tmp)
-                cv2.add(acc, tmp, dst=acc)
             conf = cv2.divide(cv2.exp(best), acc)
         else:
+            # extreme logits: the speculative sum may hold inf; redo it relative to the max
             acc.fill(0.0)
             for c in range(k):
                 cv2.subtract(logits[c], best, dst=tmp)
