@@ -140,6 +140,7 @@ def _assert_same_run(a: dict, b: dict):
         torch.testing.assert_close(a["ema"][k], b["ema"][k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run_and_writes_a_complete_model(tmp_path):
     straight = Trainer(load_config(_cfg(tmp_path / "a")))
     res = straight.fit()
