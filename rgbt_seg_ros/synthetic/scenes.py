@@ -67,6 +67,36 @@ def _gaussian_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndar
     return _NOISE_BANK[start:start + n].reshape(shape)
 
 
+_RAY_CACHE: dict = {}
+
+
+def _rays(K: np.ndarray, Rw: np.ndarray, h: int, w: int) -> dict:
+    """Per-pixel ray directions in the world frame (camera-z component 1) and the direction-only shading
+    terms, cached per camera geometry: they do not depend on the camera position, so a moving camera (the
+    demo bag) reuses them frame after frame."""
+    key = (K.tobytes(), Rw.tobytes(), h, w)
+    hit = _RAY_CACHE.get(key)
+    if hit is not None:
+        return hit
+    u = np.arange(w, dtype=np.float32)
+    v = np.arange(h, dtype=np.float32)
+    m = (Rw @ np.linalg.inv(K)).astype(np.float32)
+    dx = m[0, 0] * u[None, :] + m[0, 1] * v[:, None] + m[0, 2]
+    dy = m[1, 0] * u[None, :] + m[1, 1] * v[:, None] + m[1, 2]
+    dz = m[2, 0] * u[None, :] + m[2, 1] * v[:, None] + m[2, 2]
+    rays = {"dx": dx, "dy": dy, "dz": dz,
+            # sky gradient coordinate (sqrt of the elevation sine)
+            "elev": np.sqrt(np.clip(-dy / np.sqrt(dx * dx + dy * dy + dz * dz), 0.0, 1.0)),
+            # the ego low beams: a forward cone (range falloff applied per frame)
+            "beam": (0.55 * np.exp(-(np.abs(dx / np.maximum(dz, 1e-3)) / 0.35) ** 2)).astype(np.float32)}
+    for a in rays.values():
+        a.setflags(write=False)
+    if len(_RAY_CACHE) >= 8:
+        _RAY_CACHE.pop(next(iter(_RAY_CACHE)))
+    _RAY_CACHE[key] = rays
+    return rays
+
+
 def default_intrinsics(width: int, height: int, hfov_deg: float = 70.0) -> np.ndarray:
     """Pinhole K with square pixels, principal point at the image centre and the given horizontal FOV."""
     f = (width / 2.0) / math.tan(math.radians(hfov_deg) / 2.0)
@@ -157,12 +187,8 @@ class Scene:
 
         # Ray directions (world frame) scaled so that the camera-frame z component is 1: the ray
         # parameter s of a hit is then its depth along this camera's optical axis.
-        u = np.arange(w, dtype=np.float32)
-        v = np.arange(h, dtype=np.float32)
-        m = (Rw @ np.linalg.inv(K)).astype(np.float32)
-        dx = m[0, 0] * u[None, :] + m[0, 1] * v[:, None] + m[0, 2]
-        dy = m[1, 0] * u[None, :] + m[1, 1] * v[:, None] + m[1, 2]
-        dz = m[2, 0] * u[None, :] + m[2, 1] * v[:, None] + m[2, 2]
+        rays = _rays(K, Rw, h, w)
+        dx, dy, dz = rays["dx"], rays["dy"], rays["dz"]
         Cf = C.astype(np.float32)
 
         # G-buffer: ray casting writes depth, class, a material id and a texture value per pixel;
@@ -181,7 +207,7 @@ class Scene:
         noise_rng = np.random.default_rng([self.seed, self.index, int(self.night), h, w,
                                            *(int(round(abs(float(x)) * 1e4)) for x in (*t, *R.ravel()))])
         if want_rgb:
-            out["rgb"] = self._expose(gb, mats, dx, dy, dz, noise_rng)
+            out["rgb"] = self._expose(gb, mats, rays, noise_rng)
         if want_thermal:
             out["thermal"] = self._thermal_sensor(gb, mats, noise_rng)
         if "depth" in modalities:
@@ -226,13 +252,20 @@ class Scene:
             if not ids:
                 continue
             xb = self.road_center + side * (self.road_half + self.sidewalk + self.verge)
-            s = (xb - Cf[0]) / dx
-            cand = (s > 0) & (s < gb.depth) & (Cf[1] + s * dy <= self.cam_height)
+            # Only columns whose rays point towards this side can reach its facade.
+            toward = xb - Cf[0]
+            cols = np.flatnonzero((dx * np.float32(np.sign(toward)) > 0).any(axis=0))
+            if cols.size == 0:
+                continue
+            sl = (slice(None), slice(int(cols[0]), int(cols[-1]) + 1))
+            dxs, dys, dzs = dx[sl], dy[sl], dz[sl]
+            s = toward / dxs
+            cand = (s > 0) & (s < gb.depth[sl]) & (Cf[1] + s * dys <= self.cam_height)
             if not cand.any():
                 continue
             sc = s[cand]
-            Z = Cf[2] + sc * dz[cand]
-            Yh = self.cam_height - (Cf[1] + sc * dy[cand])  # height above ground
+            Z = Cf[2] + sc * dzs[cand]
+            Yh = self.cam_height - (Cf[1] + sc * dys[cand])  # height above ground
             z0s = np.array([self.buildings[i][1] for i in ids], np.float32)
             k = np.clip(np.searchsorted(z0s, Z, side="right") - 1, 0, len(ids) - 1)
             z1s = np.array([self.buildings[i][2] for i in ids], np.float32)
@@ -252,7 +285,7 @@ class Scene:
             mat = np.where(lit, mats.window_lit, np.where(window, mats.window, wall)).astype(np.uint16)
             texval = tex["fine"][(yi * _TEXELS_PER_M / 10).astype(np.int32) & (_TILE - 1),
                                  (zi * _TEXELS_PER_M / 10).astype(np.int32) & (_TILE - 1)]
-            gb.write(hit, sc[ok], BACKGROUND, mat, texval)
+            gb.write(hit, sc[ok], BACKGROUND, mat, texval, sl)
 
     def _cast_billboard(self, bb, gb, mats, K, proj, C, dx, dy, dz, Cf):
         h, w = gb.depth.shape
@@ -284,14 +317,14 @@ class Scene:
                                        np.floor(a * 40 + bb.phase * 97).astype(np.int32) & (_TILE - 1)]
         gb.write(mask, s, bb.kind, mat, texval, sl)
 
-    def _expose(self, gb, mats, dx, dy, dz, rng) -> np.ndarray:
+    def _expose(self, gb, mats, rays, rng) -> np.ndarray:
         h, w = gb.depth.shape
         mat = gb.material
         sky = mat == 0
         shade = 1.0 + mats.rgb_tex[mat] * gb.texval
         planes = [mats.rgb[:, c][mat] * shade for c in range(3)]
         # Sky gradient by elevation (material 0).
-        elev = np.sqrt(np.clip(-dy / np.sqrt(dx * dx + dy * dy + dz * dz), 0.0, 1.0))
+        elev = rays["elev"]
         lo, hi = ((0.78, 0.85, 0.95), (0.35, 0.55, 0.90)) if not self.night else ((0.10, 0.10, 0.16), (0.02, 0.02, 0.05))
         for c in range(3):
             np.copyto(planes[c], lo[c] + (hi[c] - lo[c]) * elev, where=sky)
@@ -301,8 +334,7 @@ class Scene:
         else:
             # Moonlight/skyglow plus the ego vehicle's low beams: a forward cone falling off with range.
             d = np.where(sky, 1e3, gb.depth)
-            lateral = np.abs(dx / np.maximum(dz, 1e-3))
-            light = 0.035 + 0.55 / (1.0 + (d / 7.0) ** 2) * np.exp(-(lateral / 0.35) ** 2)
+            light = 0.035 + rays["beam"] / (1.0 + (d * np.float32(1 / 7.0)) ** 2)
             emit = cv2.merge([mats.emit[:, c][mat] for c in range(3)])
             img = cv2.merge([p * light for p in planes]) + emit
             if mats.has_emission:  # glare around lights
