@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.networks import create_network, get_network_spec
 from rgbt_seg_ros.networks.blocks import FAM, PPM
 from rgbt_seg_ros.networks.complexity import network_complexity
@@ -20,22 +21,23 @@ MEASURED = {
     "resnet34": (45_325_193, 84.948),
     "resnet18": (25_108_873, 53.805),
     "resnet10t": (11_205_513, 24.788),
+    "tiny": (2_819_161, 6.258),
 }
 
 
 @pytest.fixture(scope="module")
 def small():
     torch.manual_seed(0)
-    return create_network("fafnet", 4, variant="resnet10t")
+    return create_network("fafnet", 4, variant="tiny")
 
 
 def test_registry_entry():
     spec = get_network_spec("fafnet")
     assert set(spec.variants) == set(MEASURED)
-    assert spec.default_variant == "resnet101" and spec.smallest_variant == "resnet10t"
+    assert spec.default_variant == "resnet101" and spec.smallest_variant == "tiny"
 
 
-@pytest.mark.parametrize("variant", [v if v == "resnet10t" else pytest.param(v, marks=pytest.mark.slow)
+@pytest.mark.parametrize("variant", [v if v == "tiny" else pytest.param(v, marks=pytest.mark.slow)
                                      for v in sorted(MEASURED)])
 def test_sizes_are_pinned(variant):
     params_m, gmacs = network_complexity("fafnet", variant)
@@ -54,7 +56,7 @@ def test_encoder_is_dilated_to_output_stride_16(small):
 
 @pytest.mark.parametrize("modality, channels", [("thermal", 1), ("depth", 1), ("depth", 3)])
 def test_aux_stem_follows_the_modality(modality, channels):
-    net = create_network("fafnet", 3, modality=modality, variant="resnet10t", aux_channels=channels).eval()
+    net = create_network("fafnet", 3, modality=modality, variant="tiny", aux_channels=channels).eval()
     stem_conv = next(m for m in net.aux_stages[0].modules() if isinstance(m, torch.nn.Conv2d))
     assert stem_conv.in_channels == channels
     with torch.no_grad():
@@ -91,3 +93,8 @@ def test_rgbdfuse_adds_the_aligned_aux_to_both_streams():
         torch.nn.init.normal_(fuse.fam.flow.weight, std=0.5)
         rgb_warped, _, _ = fuse(rgb, aux)
     assert (rgb_warped - rgb_next).abs().max() > 1e-3
+
+
+def test_tiny_has_no_pretrained_weights():
+    with pytest.raises(RgbtSegError, match="tiny"):
+        create_network("fafnet", 4, variant="tiny", pretrained=True)

@@ -13,20 +13,29 @@
   path: at each level a FAM warps the coarser decoder feature onto the finer lateral and adds it; all
   levels are upsampled to /4, concatenated, fused by a 3×3 conv and classified, bilinear back to H×W.
 
-Variants: ``resnet101`` (paper), ``resnet50``, ``resnet34``, ``resnet18`` and ``resnet10t`` (timm's
-tiered-stem ResNet-10; not in the paper, for CPU tests and quick experiments).
+Variants: ``resnet101`` (paper), ``resnet50``, ``resnet34``, ``resnet18``, ``resnet10t`` (timm's
+tiered-stem ResNet-10) and ``tiny`` (ResNet-10t at half width, no ImageNet weights); the last two are not
+in the paper and exist for CPU training, tests and quick experiments.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
+from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.networks._registry import register_network
 from rgbt_seg_ros.networks.blocks import (FAM, PPM, ConvBNAct, SegmentationNet, backbone_stages, create_backbone,
                                           resize_to)
 
-# variant -> decoder width
-VARIANTS = {"resnet101": 256, "resnet50": 256, "resnet34": 128, "resnet18": 128, "resnet10t": 64}
+# variant -> (timm model, extra ResNet kwargs, decoder width)
+VARIANTS = {
+    "resnet101": ("resnet101", {}, 256),
+    "resnet50": ("resnet50", {}, 256),
+    "resnet34": ("resnet34", {}, 128),
+    "resnet18": ("resnet18", {}, 128),
+    "resnet10t": ("resnet10t", {}, 64),
+    "tiny": ("resnet10t", {"channels": (32, 64, 128, 256), "stem_width": 16}, 32),
+}
 
 
 class ACFM(nn.Module):
@@ -64,9 +73,11 @@ class FAFNet(SegmentationNet):
 
     def __init__(self, variant: str, num_classes: int, aux_channels: int, pretrained: bool):
         super().__init__(num_classes, aux_channels)
-        dim = VARIANTS[variant]
-        rgb = create_backbone(variant, 3, pretrained, output_stride=16)
-        aux = create_backbone(variant, aux_channels, pretrained, output_stride=16)
+        model, kwargs, dim = VARIANTS[variant]
+        if pretrained and kwargs:
+            raise RgbtSegError(f"fafnet variant {variant!r} has no ImageNet weights; use pretrained=False")
+        rgb = create_backbone(model, 3, pretrained, output_stride=16, **kwargs)
+        aux = create_backbone(model, aux_channels, pretrained, output_stride=16, **kwargs)
         channels = rgb.feature_info.channels()[1:]  # layer1 … layer4
         self.rgb_stages = backbone_stages(rgb)  # stem, layer1 … layer4
         self.aux_stages = backbone_stages(aux)
@@ -99,7 +110,7 @@ class FAFNet(SegmentationNet):
         return resize_to(logits, rgb)
 
 
-@register_network("fafnet", variants=tuple(VARIANTS), default_variant="resnet101", smallest_variant="resnet10t",
+@register_network("fafnet", variants=tuple(VARIANTS), default_variant="resnet101", smallest_variant="tiny",
                   description="two-stream dilated ResNet, ACFM + flow-aligned fusion per stage, SFNet decoder with PPM",
                   paper="FAFNet: flow-aligned RGB-D/T fusion (seed 003)")
 def build_fafnet(num_classes: int, modality: str, variant: str, pretrained: bool, aux_channels: int):
