@@ -94,3 +94,19 @@ def test_cli_evaluate(tmp_path, capsys):
     rc = main(["evaluate", "--model", str(path), "--dataset", "mfnet", "--root", str(tmp_path / "nope")])
     assert rc == 2
     assert "images is missing" in capsys.readouterr().err
+
+
+def test_builtin_model_file_is_complete():
+    """The committed built-in model: a trained, self-describing file for the synthetic classes, RGB-only capable."""
+    from rgbt_seg_ros.inference import builtin_model_path, create_backend, read_card
+
+    path = builtin_model_path()
+    assert path.is_file() and path.stat().st_size < 20 * 2 ** 20
+    card = read_card(path)
+    assert card.trained and card.supports_rgb_only and card.dataset == "synthetic"
+    assert list(card.class_names) == list(get_class_set("synthetic").class_names)
+    assert card.metrics["mIoU"] >= 0.75
+    backend = create_backend(path)
+    ds = build_dataset({"type": "synthetic", "seed": 4242, "length": 2, "size": list(card.input_size)})
+    res = evaluate(backend, ds)
+    assert res.scores["all"].pixel_acc > 0.8  # a trained model, not random weights

@@ -69,7 +69,8 @@ def main(args: argparse.Namespace) -> int:
         pcfg = PipelineConfig.from_yaml(args.pipeline_config)
     result = evaluate(backend, dataset, rgb_only=args.rgb_only, pipeline_config=pcfg, limit=args.limit,
                       progress=not args.no_progress)
-    mode = "RGB only" if args.rgb_only else f"RGB + {backend.card.modality}"
+    # the rgb_only baseline network receives the aux image but ignores it
+    mode = "RGB only" if args.rgb_only or backend.card.network == "rgb_only" else f"RGB + {backend.card.modality}"
     if args.json:
         print(json.dumps({k: v.as_dict() for k, v in result.scores.items()}, indent=2))
     else:
