@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.inference.artifact import IMAGENET_MEAN, IMAGENET_STD, ModelCard, save_model
