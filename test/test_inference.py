@@ -1,7 +1,9 @@
 """Model files, ONNX export and the two backends, on real (small) networks."""
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -110,3 +112,20 @@ def test_registry_model_file_round_trip(tmp_path):
         save_model(tmp_path / "wrong.safetensors", net.state_dict(), card)
         with pytest.raises(ModelFileError, match="do not fit"):
             load_model(tmp_path / "wrong.safetensors")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_save_model_file_mode_follows_the_umask_like_open(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        (tmp_path / "m.safetensors.partial").write_bytes(b"")  # a crashed run's leftover must not set the mode
+        os.chmod(tmp_path / "m.safetensors.partial", 0o600)
+        path = save_model(tmp_path / "m.safetensors", TinyFusion().state_dict(), _card())
+        with open(tmp_path / "reference", "w"):
+            pass
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "reference").st_mode) == 0o666 & ~umask
+    assert not (tmp_path / "m.safetensors.partial").exists()
+    assert read_card(path) == _card()

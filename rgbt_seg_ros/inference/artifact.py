@@ -7,6 +7,7 @@ Loading reads tensors with safetensors only: nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -76,8 +77,11 @@ class ModelCard:
 
 def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], card: ModelCard,
                dtype: torch.dtype | None = None) -> Path:
-    """Write weights + card. ``dtype`` (e.g. torch.float16) shrinks floating weights on disk."""
-    from safetensors.torch import save_file
+    """Write weights + card. ``dtype`` (e.g. torch.float16) shrinks floating weights on disk.
+
+    The file gets the mode any new file gets (0666 less the umask, e.g. 0644), like one written by ``open``.
+    """
+    from safetensors.torch import save
 
     path = Path(path)
     tensors = {}
@@ -88,7 +92,14 @@ def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], card: Mode
         tensors[k] = v.contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp), metadata={CARD_KEY: card.to_json()})
+    # serialise in memory and write with open(): safetensors' save_file creates its file 0600, which
+    # other users (a ROS node under another account, a shared models folder) could not read
+    data = save(tensors, metadata={CARD_KEY: card.to_json()})
+    tmp.unlink(missing_ok=True)  # a leftover of a crashed run would keep its own mode
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)  # atomic: a crash never leaves a half-written model under the real name
     return path
 
