@@ -191,3 +191,69 @@ def test_unusable_camera_info_is_reported_not_raised():
     assert h.get() is None and "thermal/camera_info" in h.error and "uncalibrated" in h.error
     h.update(_info(500.0))
     assert h.get() is not None and h.error is None
+
+
+def _stamps(pairs):
+    return [(round(x.rgb_stamp, 6), round(x.aux_stamp, 6)) for x in pairs]
+
+
+def _accounted(p):
+    """Every received message is paired or dropped once nothing is queued."""
+    return all(p.queued(s) == 0 and p.stats.pairs + p.stats.dropped_total(s) == p.stats.received[s]
+               for s in ("rgb", "aux"))
+
+
+def test_flush_emits_the_last_thermal_frame():
+    rgb = [k / 30 for k in range(28)]  # the bag ends at rgb 0.9, just after the last thermal frame
+    aux = [0.005 + m / 9 for m in range(9)]
+    p, pairs = run(merged(rgb, aux, aux_latency=0.03), slop=0.02, queue_size=10)
+    expect = [(round(k / 30, 6), round(0.005 + m / 9, 6)) for m, k in enumerate([0, 3, 7, 10, 13, 17, 20, 23, 27])]
+    assert pairs == expect[:-1]  # aux 0.8939 waits: a later thermal frame could be closer to rgb 0.9
+    assert _stamps(p.flush()) == expect[-1:]
+    assert p.stats.dropped["aux"]["unmatched"] == 0 and _accounted(p)
+    assert p.flush() == [] and _accounted(p)  # idempotent
+
+
+def test_flush_keeps_the_nearest_rule():
+    # rgb 0.0 and 0.01, aux 0.03: without a later rgb the wait never ends; at the end aux 0.03's nearest
+    # rgb is 0.01, so rgb 0.0 is dropped (its only partner prefers another frame)
+    p, pairs = run([("rgb", 0.0), ("rgb", 0.01), ("aux", 0.03)], slop=0.05)
+    assert pairs == []
+    assert _stamps(p.flush()) == [(0.01, 0.03)]
+    assert p.stats.dropped["rgb"]["unmatched"] == 1 and _accounted(p)
+
+
+def test_flush_30_to_60_hand_computed():
+    rgb = [k / 30 for k in range(10)]
+    aux = [0.002 + m / 60 for m in range(20)]
+    p, pairs = run(merged(rgb, aux), slop=0.005)
+    assert len(pairs) == 9 and p.queued("aux") == 2 and p.queued("rgb") == 1
+    # rgb 0.3 goes with aux 0.302; aux 0.3187 is 18.7 ms from anything: unmatched
+    assert _stamps(p.flush()) == [(0.3, 0.302)]
+    assert p.stats.dropped["aux"]["unmatched"] == 10 and _accounted(p)
+
+
+def test_flush_releases_the_reorder_window():
+    ev = [("rgb", 0.0), ("aux", 0.001), ("rgb", 0.1), ("aux", 0.101), ("rgb", 0.2)]
+    p, pairs = run(ev, slop=0.01, reorder_window=0.15)
+    assert pairs == []  # all still held back by the window
+    assert _stamps(p.flush()) == [(0.0, 0.001), (0.1, 0.101)]
+    assert p.stats.dropped["rgb"]["unmatched"] == 1 and _accounted(p)
+
+
+def test_flush_equals_far_future_sentinels():
+    """flush() decides as if one more message per stream came much later (such a message can be nobody's
+    nearest partner, so it only ends the waits). The queue is large enough that the sentinels overflow nothing."""
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        rgb = list(np.cumsum(rng.uniform(0.01, 0.06, rng.integers(1, 40))))
+        aux = list(np.cumsum(rng.uniform(0.01, 0.12, rng.integers(1, 20))) + rng.uniform(-0.02, 0.02))
+        ev = merged(rgb, aux, aux_latency=float(rng.uniform(0, 0.05)))
+        kw = dict(slop=float(rng.uniform(0.0, 0.04)), queue_size=100)
+        p, pairs = run(ev, **kw)
+        flushed = _stamps(p.flush())
+        ref, ref_pairs = run(ev + [("aux", 1e6), ("rgb", 1e6 + 1.0)], **kw)
+        assert pairs + flushed == ref_pairs, trial
+        assert p.stats.dropped["rgb"] == ref.stats.dropped["rgb"]
+        ref.stats.dropped["aux"]["unmatched"] -= 1  # the aux sentinel
+        assert p.stats.dropped["aux"] == ref.stats.dropped["aux"] and _accounted(p)

@@ -26,7 +26,10 @@ Where this differs from message_filters:
   undone before any decision (at the cost of that much latency);
 * a stamp that jumps backwards by more than ``reset_threshold`` seconds (a looping bag, a restarted driver)
   clears all queues and starts afresh (counted in ``resets``) instead of waiting forever;
-* every drop is counted per stream and per reason, and pair skews are kept for statistics.
+* every drop is counted per stream and per reason, and pair skews are kept for statistics;
+* ``flush()`` decides every pending message as if no more will arrive (the end of a bag): the wait
+  above is skipped, since p's nearest partner among the queued messages is then final; what is left
+  unpaired is dropped as ``unmatched``. A live stream has no end: the node never calls it.
 
 Same arrival sequence → same pairs and counters (no wall-clock time is used).
 """
@@ -164,6 +167,29 @@ class ApproximateTimePairer:
             self._enqueue(stream, *heapq.heappop(held))
         return self._match()
 
+    def flush(self) -> list[Pair]:
+        """Decide every pending message as if no more messages will arrive; return the pairs, in time order.
+
+        Messages held by the reorder window are released first, in stamp order (rgb first on ties), each
+        followed by the usual matching, exactly as if their window had passed. Then the remaining queue is
+        matched with the same rule minus the wait for a later message, and whatever is left unpaired is
+        dropped as ``unmatched``. Afterwards nothing is queued; ``add`` may go on (older stamps are late).
+        """
+        out: list[Pair] = []
+        held = sorted((t, STREAMS.index(s), seq, msg) for s in STREAMS for t, seq, msg in self._held[s])
+        for s in STREAMS:
+            self._held[s] = []
+        for t, i, seq, msg in held:
+            self._enqueue(STREAMS[i], t, seq, msg)
+            out += self._match()
+        out += self._match(final=True)
+        for s in STREAMS:
+            for t, _, msg in self._q[s]:
+                self._mark_decided(s, t)
+                self._drop(s, "unmatched", msg)
+            self._q[s] = []
+        return out
+
     def _enqueue(self, stream: str, t: float, seq: int, msg: Any) -> None:
         decided = self._decided[stream]
         if decided is not None and t <= decided:
@@ -180,7 +206,8 @@ class ApproximateTimePairer:
         if self._decided[stream] is None or t > self._decided[stream]:
             self._decided[stream] = t
 
-    def _match(self) -> list[Pair]:
+    def _match(self, final: bool = False) -> list[Pair]:
+        """Emit the pairs that became certain; ``final``: no message will arrive any more (see ``flush``)."""
         out = []
         a, b = self._q["rgb"], self._q["aux"]
         while a and b:
@@ -193,7 +220,7 @@ class ApproximateTimePairer:
                 self._mark_decided(xs, tx)
                 self._drop(xs, "unmatched", msg)
                 continue
-            if xq[-1][0] < tp:
+            if xq[-1][0] < tp and not final:
                 break  # x's stream may still deliver a message closer to p: wait
             # p's nearest in x's stream (ties go to the earlier one, i.e. x)
             best = min(range(len(xq)), key=lambda i: (abs(xq[i][0] - tp), i))

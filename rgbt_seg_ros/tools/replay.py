@@ -26,7 +26,8 @@ shows them together:
 <ns> defaults to /rgbt_seg (the node's ~/ topics when the node is named rgbt_seg).
 
 Images may be sensor_msgs/Image or CompressedImage (JPEG/PNG). CameraInfos are not paired by stamp:
-the latest one received before a pair is used. The output appears only when the run succeeds (a
+the latest one received before a pair is used. When the bag ends, frames still waiting for a possibly
+closer partner are paired with what has arrived (or dropped). The output appears only when the run succeeds (a
 failed or interrupted run leaves nothing); the input is never modified.
 
 example:
@@ -93,7 +94,8 @@ class ReplaySummary:
     pairs: int = 0
     unpaired: dict = field(default_factory=dict)  # stream -> reason -> count
     skew_ms: dict = field(default_factory=dict)
-    queued_at_end: dict = field(default_factory=dict)  # stream -> frames still undecided when the bag ended
+    # decided by the pairer's flush at the end of the bag: {"pairs": n, "dropped": {stream: n}}
+    decided_at_end: dict = field(default_factory=dict)
     latency_ms: dict = field(default_factory=dict)  # stage -> p50/p95/p99/...
     written: dict = field(default_factory=dict)  # topic -> count
     wall_s: float = 0.0
@@ -105,9 +107,10 @@ class ReplaySummary:
         out = [f"wrote {self.out} in {self.wall_s:.1f} s: {self.messages_in} input messages copied, "
                f"{self.rgb_frames} RGB and {self.aux_frames} aux frames, {self.pairs} segmented",
                f"unpaired frames dropped: {drops}"]
-        if any(self.queued_at_end.values()):
-            out.append("left undecided at the end of the bag (no later frame to confirm a pair): "
-                       + ", ".join(f"{s} {n}" for s, n in self.queued_at_end.items() if n))
+        end_pairs, end_drops = self.decided_at_end.get("pairs", 0), self.decided_at_end.get("dropped", {})
+        if end_pairs or any(end_drops.values()):
+            out.append(f"decided at the end of the bag (no later frame to wait for): {end_pairs} segmented"
+                       + "".join(f", {n} {s} dropped" for s, n in end_drops.items() if n))
         if self.skew_ms.get("n"):
             s = self.skew_ms
             out.append(f"pair skew |aux-rgb|: p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, "
@@ -255,12 +258,19 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
                         summary.aux_frames += 1
                         for pair in pairer.add("aux", msg.header.stamp, (msg, m.log_time)):
                             segment(pair.rgb, pair.aux, pair.skew)
+                if not s.rgb_only:
+                    # no more frames: pairs that were waiting for a possibly closer partner are final now
+                    before = {x: pairer.stats.dropped_total(x) for x in ("rgb", "aux")}
+                    end_pairs = pairer.flush()
+                    for pair in end_pairs:
+                        segment(pair.rgb, pair.aux, pair.skew)
+                    summary.decided_at_end = {"pairs": len(end_pairs), "dropped": {
+                        x: pairer.stats.dropped_total(x) - before[x] for x in ("rgb", "aux")}}
             finally:
                 bar.close()
             summary.written = dict(writer.counts)
     summary.unpaired = pairer.stats.as_dict()["dropped"] if not s.rgb_only else {}
     summary.skew_ms = pairer.stats.skew_summary() if not s.rgb_only else {}
-    summary.queued_at_end = {x: pairer.queued(x) for x in ("rgb", "aux")} if not s.rgb_only else {}
     summary.latency_ms = latency.summary()
     summary.wall_s = time.perf_counter() - t_start
     return summary
