@@ -136,6 +136,7 @@ def test_every_output_carries_the_rgb_header_and_resolution(standin, model_files
     assert info.aux_used and info.pair_skew == pytest.approx(0.003)
     assert info.model_name == f"{NET}/{VARIANT}" and info.pairs_processed == 1
     assert "infer" in info.stage_names and len(info.stage_names) == len(info.stage_latency_ms)
+    assert "total" not in info.stage_names and info.latency_total_ms >= sum(info.stage_latency_ms)
 
 
 def test_outputs_without_subscribers_are_not_computed(standin, model_files):

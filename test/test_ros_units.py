@@ -214,3 +214,44 @@ def test_fill_image_round_trips_through_io(array, encoding):
 def test_fill_image_rejects_unpublishable_arrays():
     with pytest.raises(RgbtSegError, match="output image: no encoding for dtype float64"):
         messages.fill_image(_blank_image(), np.zeros((2, 2)), _header())
+
+
+def test_info_message_same_as_replay_with_total_out_of_the_stages():
+    """The node's SegmentationInfo (fill_info on rclpy-like objects) and replay's (rosbags class) carry the
+    same content for one real pipeline result; the pipeline's ``total`` is a latency, not a stage."""
+    from rgbt_seg_ros.io.bag import output_typestore
+    from rgbt_seg_ros.pipeline.pipeline import SegmentationPipeline
+    from rgbt_seg_ros.tools.demo import untrained_backend
+    from rgbt_seg_ros.tools.replay import ReplaySettings, _info_msg
+
+    backend = untrained_backend(input_size=(32, 48))
+    rng = np.random.default_rng(0)
+    result = SegmentationPipeline(backend).process(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8),
+                                                   rng.integers(0, 40000, (48, 64), dtype=np.uint16), "mono16")
+    assert "total" in result.timings and len(result.timings) > 2
+    node = messages.fill_info(
+        types.SimpleNamespace(header=_header(0, 0, "")), header=_header(), card=backend.card,
+        model_file="m.safetensors", modality="thermal", aux_used=True, pair_skew=0.004, latency_total_ms=42.0,
+        timings=result.timings, pairs_processed=3, pairs_dropped=0, frames_unpaired=2,
+        colour_factory=types.SimpleNamespace)
+    store = output_typestore()
+    Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
+    replay = _info_msg(store, Header(stamp=Time(sec=4, nanosec=7), frame_id="cam_rgb"), backend.card,
+                       ReplaySettings(model_file="m.safetensors"), result, 0.004, 3, 2)
+
+    stages = [k for k in result.timings if k != "total"]
+    assert node.stage_names == stages and list(replay.stage_names) == stages
+    np.testing.assert_allclose(replay.stage_latency_ms, node.stage_latency_ms, rtol=1e-6)
+    np.testing.assert_allclose(node.stage_latency_ms, [result.timings[k] for k in stages])
+    # each its own end-to-end figure: the node's receive→publish, replay's pipeline total (spans the stages)
+    assert node.latency_total_ms == 42.0
+    assert replay.latency_total_ms == pytest.approx(result.timings["total"])
+    assert replay.latency_total_ms >= sum(replay.stage_latency_ms) * (1 - 1e-6)
+    for name in ("model_name", "model_file", "modality", "aux_used", "pair_skew", "pairs_processed",
+                 "pairs_dropped", "frames_unpaired"):
+        assert getattr(node, name) == getattr(replay, name), name
+    assert list(node.class_names) == list(replay.class_names) == list(backend.card.class_names)
+    assert node.model_name == backend.card.network + f"/{backend.card.variant}"
+    assert [(c.r, c.g, c.b, c.a) for c in node.colours] == [(c.r, c.g, c.b, c.a) for c in replay.colours]
+    assert node.colours[1].g == pytest.approx(backend.card.palette[1][1] / 255)
+    assert (node.header.stamp.sec, node.header.stamp.nanosec, node.header.frame_id) == (4, 7, "cam_rgb")

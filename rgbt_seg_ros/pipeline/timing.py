@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+TOTAL = "total"  # key of the whole call's time in a timings dict; it spans the stages
+
 
 class StageTimer:
     """Collects milliseconds per named stage of one call (a stage entered twice accumulates)."""
@@ -29,7 +31,7 @@ class StageTimer:
 
     def stop_total(self) -> None:
         if self._t0 is not None:
-            self._ms["total"] = (time.perf_counter() - self._t0) * 1e3
+            self._ms[TOTAL] = (time.perf_counter() - self._t0) * 1e3
 
     def as_dict(self) -> dict[str, float]:
         return dict(self._ms)

@@ -12,6 +12,7 @@ import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.io.image import numpy_to_image_fields
+from rgbt_seg_ros.io.info import info_fields
 
 _ENCODINGS = {  # numpy (dtype, channels) -> sensor_msgs/Image encoding of our outputs
     (np.dtype(np.uint8), 1): "mono8",
@@ -54,24 +55,21 @@ def stamp_seconds(header) -> float:
 def fill_info(msg, *, header, card, model_file: str, modality: str, aux_used: bool, pair_skew: float,
               latency_total_ms: float, timings: dict[str, float], pairs_processed: int, pairs_dropped: int,
               frames_unpaired: int, colour_factory) -> Any:
-    """Fill rgbt_seg_ros/msg/SegmentationInfo. ``colour_factory()`` makes a std_msgs/ColorRGBA."""
+    """Fill rgbt_seg_ros/msg/SegmentationInfo. ``colour_factory()`` makes a std_msgs/ColorRGBA.
+
+    Same content as replay writes (``io.info.info_fields``): the pipeline's ``total`` is not a stage name.
+    """
+    fields = info_fields(card=card, model_file=model_file, modality=modality, aux_used=aux_used,
+                         pair_skew=pair_skew, latency_total_ms=latency_total_ms, timings=timings,
+                         pairs_processed=pairs_processed, pairs_dropped=pairs_dropped,
+                         frames_unpaired=frames_unpaired)
     copy_header(msg.header, header)
-    msg.model_name = card.network + (f"/{card.variant}" if card.variant else "")
-    msg.model_file = str(model_file)
-    msg.modality = modality
-    msg.class_names = [str(c) for c in card.class_names]
     colours = []
-    for r, g, b in card.palette:
+    for r, g, b, a in fields.pop("colours"):
         c = colour_factory()
-        c.r, c.g, c.b, c.a = r / 255.0, g / 255.0, b / 255.0, 1.0
+        c.r, c.g, c.b, c.a = r, g, b, a
         colours.append(c)
     msg.colours = colours
-    msg.aux_used = bool(aux_used)
-    msg.pair_skew = float(pair_skew)
-    msg.latency_total_ms = float(latency_total_ms)
-    msg.stage_names = [str(k) for k in timings]
-    msg.stage_latency_ms = [float(v) for v in timings.values()]
-    msg.pairs_processed = int(pairs_processed)
-    msg.pairs_dropped = int(pairs_dropped)
-    msg.frames_unpaired = int(frames_unpaired)
+    for name, value in fields.items():
+        setattr(msg, name, value)
     return msg

@@ -146,17 +146,16 @@ def _resolve_topics(bag, s: ReplaySettings) -> None:
 
 def _info_msg(store, header, card, settings: ReplaySettings, result, skew: float, pairs: int, unpaired: int):
     from rgbt_seg_ros.io.bag import SEGMENTATION_INFO
+    from rgbt_seg_ros.io.info import info_fields
 
+    # the node fills the same fields; latency_total_ms=None: no receive time here, the pipeline's total
+    fields = info_fields(card=card, model_file=settings.model_file, modality=settings.modality,
+                         aux_used=result.aux_used, pair_skew=skew, latency_total_ms=None, timings=result.timings,
+                         pairs_processed=pairs, pairs_dropped=0, frames_unpaired=unpaired)
     colour = store.types["std_msgs/msg/ColorRGBA"]
-    stages = {k: v for k, v in result.timings.items() if k != "total"}
-    return store.types[SEGMENTATION_INFO](
-        header=header, model_name=card.network + (f"/{card.variant}" if card.variant else ""),
-        model_file=settings.model_file, modality=settings.modality, class_names=list(card.class_names),
-        colours=[colour(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=1.0) for r, g, b in card.palette],
-        aux_used=bool(result.aux_used), pair_skew=float(skew),
-        latency_total_ms=float(result.timings.get("total", sum(stages.values()))),
-        stage_names=list(stages), stage_latency_ms=np.asarray(list(stages.values()), dtype=np.float32),
-        pairs_processed=pairs, pairs_dropped=0, frames_unpaired=unpaired)
+    fields["colours"] = [colour(r=r, g=g, b=b, a=a) for r, g, b, a in fields["colours"]]
+    fields["stage_latency_ms"] = np.asarray(fields["stage_latency_ms"], dtype=np.float32)
+    return store.types[SEGMENTATION_INFO](header=header, **fields)
 
 
 def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: ReplaySettings,
