@@ -11,6 +11,7 @@ import torch
 
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.inference.artifact import CARD_KEY, ModelCard
+from rgbt_seg_ros.inference.onnx_backend import graph_inputs
 
 PARITY_TOLERANCE = 1e-3  # max abs difference of fp32 logits between onnxruntime (CPU) and torch
 
@@ -22,6 +23,7 @@ class ExportReport:
     dynamic: bool
     max_abs_diff: float
     checked_hw: tuple[int, ...]
+    inputs: tuple[str, ...] = ("rgb", "aux")  # graph inputs: 'aux' is pruned if the network ignores it
 
 
 def _to_onnx_bytes(network: torch.nn.Module, rgb: torch.Tensor, aux: torch.Tensor, opset: int, dynamic: bool) -> bytes:
@@ -75,13 +77,15 @@ def export_onnx(network: torch.nn.Module, card: ModelCard, path: str | Path, ops
     model_bytes = proto.SerializeToString()
 
     session = onnx_session(model_bytes)
+    inputs = graph_inputs(session, f"ONNX export of {card.network}")
     worst = 0.0
     for sh, sw in sizes:
         rgb = torch.randn(1, 3, sh, sw, generator=gen)
         aux = torch.randn(1, card.aux_channels, sh, sw, generator=gen)
         with torch.no_grad():
             expected = network(rgb, aux).numpy()
-        got = session.run(["logits"], {"rgb": rgb.numpy(), "aux": aux.numpy()})[0]
+        feeds = {"rgb": rgb.numpy(), "aux": aux.numpy()}
+        got = session.run(["logits"], {k: v for k, v in feeds.items() if k in inputs})[0]
         if got.shape != expected.shape:
             raise RgbtSegError(f"ONNX export of {card.network}: output shape {got.shape} != torch {expected.shape} "
                                f"at {sh}x{sw}")
@@ -93,4 +97,4 @@ def export_onnx(network: torch.nn.Module, card: ModelCard, path: str | Path, ops
     tmp = path.with_name(path.name + ".partial")
     tmp.write_bytes(model_bytes)
     tmp.replace(path)
-    return ExportReport(path, opset, dynamic, worst, tuple(sizes))
+    return ExportReport(path, opset, dynamic, worst, tuple(sizes), inputs)

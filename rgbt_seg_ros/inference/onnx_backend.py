@@ -8,6 +8,22 @@ import numpy as np
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.inference.artifact import read_card
 
+FEEDABLE_INPUTS = ("rgb", "aux")  # the graph inputs a backend can supply (export names them so)
+
+
+def graph_inputs(session, where: str) -> tuple[str, ...]:
+    """The input names ``session`` declares, each one of ``FEEDABLE_INPUTS``.
+
+    Feeds must follow the graph: the exporter prunes an input the network never reads (a network that
+    ignores aux has no 'aux'), and onnxruntime rejects a feed the graph does not declare.
+    """
+    names = tuple(i.name for i in session.get_inputs())
+    for name in names:
+        if name not in FEEDABLE_INPUTS:
+            raise RgbtSegError(f"{where}: the ONNX graph declares input {name!r}, which cannot be supplied "
+                               f"(only {', '.join(FEEDABLE_INPUTS)})")
+    return names
+
 
 def choose_providers(device: str, precision: str, cache_dir: Path) -> list:
     """Execution providers in order of preference for ``device`` ("cpu", "cuda", "cuda:N")."""
@@ -52,11 +68,16 @@ class OnnxBackend:
             options.intra_op_num_threads = threads
         providers = choose_providers(device, precision, path.parent / ".trt_cache")
         self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.inputs = graph_inputs(self.session, f"model file {path}")
         self.name = f"onnxruntime-{self.session.get_providers()[0].replace('ExecutionProvider', '')}-{precision}"
 
     def infer(self, rgb: np.ndarray, aux: np.ndarray | None) -> np.ndarray:
-        if aux is None:
-            n, _, h, w = rgb.shape
-            aux = np.zeros((n, self.card.aux_channels, h, w), np.float32)
-        feeds = {"rgb": np.ascontiguousarray(rgb, np.float32), "aux": np.ascontiguousarray(aux, np.float32)}
+        feeds = {}
+        if "rgb" in self.inputs:
+            feeds["rgb"] = np.ascontiguousarray(rgb, np.float32)
+        if "aux" in self.inputs:
+            if aux is None:  # RGB-only: zeros, as modality dropout trains
+                n, _, h, w = rgb.shape
+                aux = np.zeros((n, self.card.aux_channels, h, w), np.float32)
+            feeds["aux"] = np.ascontiguousarray(aux, np.float32)
         return self.session.run(["logits"], feeds)[0]
