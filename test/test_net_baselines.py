@@ -82,3 +82,17 @@ def test_rgb_only_ignores_aux_even_when_it_is_not_finite():
         a = net(rgb, torch.full((1, 1, 48, 40), float("nan")))
         b = net(rgb, torch.zeros(1, 1, 48, 40))
     assert torch.equal(a, b) and torch.isfinite(a).all()
+
+
+def test_an_all_zero_aux_batch_uses_and_keeps_the_running_statistics():
+    # Modality dropout can zero the aux of a whole batch; its batch statistics (variance 0) are degenerate: they
+    # gave NaN gradients and dragged the running variance towards 0, even on steps the trainer then skipped.
+    net = create_network("fusion_baseline", 6, variant=SMALL).train()
+    rgb = torch.randn(2, 3, 64, 96)
+    before = {k: v.clone() for k, v in net.aux_encoder.state_dict().items()}
+    net(rgb, torch.zeros(2, 1, 64, 96))
+    assert all(torch.equal(v, before[k]) for k, v in net.aux_encoder.state_dict().items())
+    assert all(m.training for m in net.modules())
+    # Zeros in part of the batch are ordinary training data: batch statistics, running ones updated.
+    net(rgb, torch.cat([torch.zeros(1, 1, 64, 96), torch.randn(1, 1, 64, 96)]))
+    assert not torch.equal(net.aux_encoder.bn1.running_var, before["bn1.running_var"])

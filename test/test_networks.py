@@ -207,6 +207,24 @@ def test_train_mode_dict_and_backward(small_net):
     assert sum(float(p.grad.abs().sum()) for _, p in params if p.grad is not None) > 0
 
 
+@pytest.mark.parametrize("blank", ["aux", "rgb"])
+def test_gradients_stay_finite_when_modality_dropout_blanks_the_whole_batch(small_net, blank):
+    # Modality dropout (training/datasets.py) zeroes the standardised aux (or RGB) input; in a small batch every
+    # sample can be dropped at once. At init that once gave NaN gradients (fusion_baseline: BatchNorm on a batch
+    # of exact zeros), which the trainer then silently skipped.
+    spec, net = small_net
+    net.train()
+    rgb, aux = _inputs(2, 64, 96, seed=7)
+    rgb, aux = (rgb, torch.zeros_like(aux)) if blank == "aux" else (torch.zeros_like(rgb), aux)
+    net.zero_grad(set_to_none=True)
+    out = net(rgb, aux)
+    _, loss = _train_loss(out, torch.randint(0, NUM_CLASSES, (2, 64, 96), generator=torch.Generator().manual_seed(7)))
+    loss = loss + sum(v.mean() for k, v in out.items() if isinstance(v, torch.Tensor) and k != "logits")
+    loss.backward()
+    bad = [n for n, p in net.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"{spec.name}, {blank} all zeros: non-finite gradient in {len(bad)} tensors, e.g. {bad[:3]}"
+
+
 def test_eval_is_deterministic_and_batch_independent(small_net):
     spec, net = small_net
     net.eval()

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from rgbt_seg_ros.networks._registry import register_network
-from rgbt_seg_ros.networks.blocks import FPNDecoder, SegmentationNet, create_backbone, resize_to
+from rgbt_seg_ros.networks.blocks import FPNDecoder, SegmentationNet, create_backbone, resize_to, run_encoder
 
 # variant (timm encoder) -> FPN width
 VARIANTS = {
@@ -43,9 +43,10 @@ class FPNFusionNet(SegmentationNet):
         self.classifier = nn.Conv2d(decoder_dim, num_classes, 1)
 
     def forward_padded(self, rgb: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
-        feats = self.rgb_encoder(rgb)
+        # run_encoder: modality dropout may zero a whole batch of either input (NaN gradients through BatchNorm).
+        feats = run_encoder(self.rgb_encoder, rgb)
         if self.aux_encoder is not None:
-            feats = [f + a for f, a in zip(feats, self.aux_encoder(aux))]
+            feats = [f + a for f, a in zip(feats, run_encoder(self.aux_encoder, aux))]
         logits = resize_to(self.classifier(self.decoder(feats)), rgb)
         if self.aux_encoder is None:
             # Keeps 'aux' an input of the exported ONNX graph (the exporter prunes unused inputs), so rgb_only

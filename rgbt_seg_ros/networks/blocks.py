@@ -3,7 +3,8 @@
 * :class:`SegmentationNet` — base class that gives every network the registry contract: input checks,
   padding to the multiple the network needs and cropping back, eval → logits, train → dict.
 * :func:`create_backbone` / :func:`backbone_stages` — timm ``features_only`` encoders (any ``in_chans``;
-  timm adapts pretrained stem weights to 1-channel thermal or 3-channel HHA depth).
+  timm adapts pretrained stem weights to 1-channel thermal or 3-channel HHA depth); :func:`run_encoder` runs
+  one safely on an all-zero (modality-dropped) training batch.
 * :class:`ConvBNAct`, :class:`SqueezeExcite`, :class:`ChannelAttention`, :class:`SpatialAttention`,
   :class:`PPM`, :class:`ASPP`, :class:`FAM` (semantic-flow alignment) and :func:`flow_warp`, :class:`FPNDecoder`.
 
@@ -101,6 +102,27 @@ def create_backbone(name: str, in_chans: int = 3, pretrained: bool = False, out_
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise RgbtSegError(f"backbone {name!r}: cannot load ImageNet weights ({first_line}); "
                            "use pretrained=False or pre-populate the timm / Hugging Face cache") from None
+
+
+def run_encoder(encoder: nn.Module, x: torch.Tensor):
+    """``encoder(x)``; but in training, a batch that is all zeros is normalised with the BatchNorm running statistics.
+
+    Modality dropout zeroes an input, and in a small batch it can zero every sample. Through bias-free convs and
+    BatchNorms with β = 0 (any encoder at init) that batch stays exactly 0, so each BatchNorm sees batch variance 0
+    and its backward multiplies the gradient by γ/√eps ≈ 316: over a MobileNetV3 (hard-swish passes ½ at 0) it
+    overflows float32 → inf, then NaN. Such batch statistics are meaningless anyway (and would pull the running
+    variance towards 0); the running ones are what eval applies to the same zeros.
+    """
+    if not encoder.training or _tracing() or bool(x.any()):
+        return encoder(x)
+    norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in norms:
+        m.training = False  # only the BatchNorms: any dropout in the encoder stays as it is
+    try:
+        return encoder(x)
+    finally:
+        for m in norms:
+            m.training = True
 
 
 def backbone_stages(features: nn.Module) -> nn.ModuleList:
