@@ -1,9 +1,11 @@
 """Model files, ONNX export and the two backends, on real (small) networks."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,6 +48,43 @@ def test_card_json_round_trip_and_validation():
         ModelCard.from_json('{"num_classes": 2, "class_names": ["a", "b"], "palette": [[0,0,0],[1,1,1]]}')
 
 
+def test_card_normalisation_round_trips_and_old_cards_still_load(tmp_path):
+    from rgbt_seg_ros.pipeline import NormalizationConfig, SegmentationPipeline
+
+    norm = NormalizationConfig(thermal_agc="fixed", thermal_range=(1000, 9000)).to_dict()
+    card = _card(normalization=norm)
+    path = save_model(tmp_path / "m.safetensors", TinyFusion().state_dict(), card)
+    again = read_card(path)
+    assert again == card and again.normalization["thermal_range"] == [1000.0, 9000.0]
+    assert again.format_version == 2
+    # a format-1 card (written before the field existed) reads as {}: the pipeline defaults
+    old = json.loads(card.to_json())
+    del old["normalization"]
+    old["format_version"] = 1
+    old_card = ModelCard.from_json(json.dumps(old))
+    assert old_card.normalization == {} and old_card.format_version == 1
+    pipe = SegmentationPipeline(TorchBackend(TinyFusion().eval(), old_card))
+    assert pipe.normalization == NormalizationConfig()
+    with pytest.raises(ModelFileError, match="normalization must be a mapping"):
+        _card(normalization=["fixed"])
+    with pytest.raises(ModelFileError, match="card format 3 is newer"):
+        ModelCard.from_json(json.dumps(dict(old, format_version=3)))
+
+
+def test_builtin_model_normalisation_is_the_pipeline_default_it_was_trained_with():
+    """The built-in model's card (format 1) has no normalisation, so the pipeline defaults apply: they must be
+    what config/train/builtin.yaml trained it with (and stay so if it is retrained and the card records them)."""
+    from rgbt_seg_ros.inference import builtin_model_path
+    from rgbt_seg_ros.pipeline import NormalizationConfig
+    from rgbt_seg_ros.training.trainer import load_config
+
+    card = read_card(builtin_model_path())
+    assert NormalizationConfig.from_dict(card.normalization) == NormalizationConfig()
+    assert "config/train/builtin.yaml" in card.notes
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "train" / "builtin.yaml")
+    assert NormalizationConfig.from_dict(cfg["data"]["normalization"]) == NormalizationConfig()
+
+
 def test_read_card_rejects_foreign_files_without_unpickling(tmp_path):
     marker = tmp_path / "pwned"
 
@@ -67,10 +106,10 @@ def test_read_card_rejects_foreign_files_without_unpickling(tmp_path):
 def test_export_parity_card_and_onnx_backend(tmp_path):
     torch.manual_seed(0)
     net = TinyFusion().eval()
-    card = _card()
+    card = _card(normalization={"thermal_agc": "fixed", "thermal_range": [1000.0, 9000.0]})
     report = export_onnx(net, card, tmp_path / "tiny.onnx")
     assert report.max_abs_diff <= 1e-3 and len(report.checked_hw) == 2
-    assert read_card(tmp_path / "tiny.onnx") == card
+    assert read_card(tmp_path / "tiny.onnx") == card  # normalisation included
     ort_backend = OnnxBackend(tmp_path / "tiny.onnx")
     torch_backend = TorchBackend(net, card)
     rng = np.random.default_rng(1)

@@ -36,10 +36,11 @@ class WarmIsClassOne(torch.nn.Module):
         return self.conv(torch.cat([rgb, aux], 1))
 
 
-def make_pipeline(config=None, input_size=(240, 320), modality="thermal", num_classes=2):
+def make_pipeline(config=None, input_size=(240, 320), modality="thermal", num_classes=2, **card_kw):
     cs = get_class_set("mfnet")
     card = ModelCard(network="test_1x1", num_classes=num_classes, class_names=list(cs.class_names[:num_classes]),
-                     palette=[list(c) for c in cs.palette[:num_classes]], input_size=input_size, modality=modality)
+                     palette=[list(c) for c in cs.palette[:num_classes]], input_size=input_size, modality=modality,
+                     **card_kw)
     net = WarmIsClassOne(num_classes)
     return SegmentationPipeline(TorchBackend(net, card), config), net
 
@@ -194,3 +195,36 @@ def test_real_msrs_pair_identity():
     decided = np.abs(ir.astype(float) / 255 - 0.5) > 0.02
     agree = (r.labels == (ir > 127.5))[decided].mean()
     assert agree > 0.999 and r.overlay.shape == rgb.shape
+
+
+FIXED = {"thermal_agc": "fixed", "thermal_range": [19000, 31000]}
+
+
+def test_card_normalisation_is_used_and_config_keys_override_it_key_by_key():
+    rgb = np.zeros((240, 320, 3), np.uint8)
+    aux = hot_square((240, 320), (100, 140, 100, 140))  # cold 20000, hot 30000
+
+    def lowest_seen(config=None, **card_kw):
+        pipe, net = make_pipeline(config, **card_kw)
+        pipe.process(rgb, aux, "mono16", outputs={"labels"})
+        return pipe, float(net.seen_aux[-1].min())
+
+    # no card field, no config: per-frame percentile AGC maps the cold background to 0 → (0 − 0.5)/0.25
+    _, low = lowest_seen()
+    assert low == pytest.approx(-2.0, abs=1e-4)
+    # the card's fixed range: 20000 in [19000, 31000] → 1/12
+    pipe, low = lowest_seen(normalization=FIXED)
+    assert pipe.normalization.thermal_agc == "fixed" and low == pytest.approx((1 / 12 - 0.5) / 0.25, abs=1e-4)
+    # a config key replaces only that key: the card's "fixed" stays, the range is the user's
+    pipe, low = lowest_seen({"normalization": {"thermal_range": [15000, 35000]}}, normalization=FIXED)
+    assert pipe.normalization.thermal_agc == "fixed" and pipe.normalization.thermal_range == (15000.0, 35000.0)
+    assert low == pytest.approx((0.25 - 0.5) / 0.25, abs=1e-4)
+    # ... and an explicitly set default value still wins over the card
+    _, low = lowest_seen(PipelineConfig.from_dict({"normalization": {"thermal_agc": "percentile"}}),
+                         normalization=FIXED)
+    assert low == pytest.approx(-2.0, abs=1e-4)
+    with pytest.raises(RgbtSegError, match="model card normalization.thermal_agc"):
+        make_pipeline(normalization={"thermal_agc": "auto"})
+    with pytest.raises(RgbtSegError, match="model card normalization.gain: unknown key"):
+        make_pipeline(normalization={"gain": 2})
+

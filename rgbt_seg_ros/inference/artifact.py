@@ -2,7 +2,14 @@
 
 The card carries everything the node and the replay tool need (network, variant, modality, classes,
 palette, input size, normalisation, dataset), so no parameter file can disagree with the weights.
+Normalisation is two steps, both recorded: ``normalization`` (how raw thermal counts / °C / depth map to
+[0, 1], the pipeline's ``NormalizationConfig`` keys) and ``aux_mean``/``aux_std`` (applied after that).
 Loading reads tensors with safetensors only: nothing is ever unpickled.
+
+Card format 2 added ``normalization``. Format-1 cards lack it and read as ``{}``, i.e. the pipeline
+defaults: right for models trained with the default ``data.normalization`` (the built-in one included);
+for others, give the training values in the pipeline config. Older packages refuse format-2 cards
+rather than silently dropping the field.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ import torch
 from rgbt_seg_ros.errors import RgbtSegError
 
 CARD_KEY = "rgbt_seg_ros.card"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -39,6 +46,9 @@ class ModelCard:
     rgb_std: tuple[float, ...] = IMAGENET_STD
     aux_mean: tuple[float, ...] = (0.5,)  # applied to the aux image after the pipeline maps it to [0, 1]
     aux_std: tuple[float, ...] = (0.25,)
+    # raw aux → [0, 1] as in training: NormalizationConfig keys (thermal_agc, thermal_range, depth_range, ...);
+    # missing keys take the pipeline defaults. A user's pipeline config overrides it key by key.
+    normalization: dict = field(default_factory=dict)
     dataset: str = ""
     supports_rgb_only: bool = False  # trained with modality dropout: usable when the aux stream is lost
     trained: bool = True
@@ -51,6 +61,9 @@ class ModelCard:
             raise ModelFileError(f"model card: {len(self.class_names)} class_names for num_classes={self.num_classes}")
         if len(self.palette) != self.num_classes:
             raise ModelFileError(f"model card: {len(self.palette)} palette entries for num_classes={self.num_classes}")
+        if not isinstance(self.normalization, dict):
+            raise ModelFileError(f"model card: normalization must be a mapping, "
+                                 f"got {type(self.normalization).__name__}")
         self.input_size = tuple(int(v) for v in self.input_size)
         for name in ("rgb_mean", "rgb_std", "aux_mean", "aux_std"):
             setattr(self, name, tuple(float(v) for v in getattr(self, name)))

@@ -91,7 +91,13 @@ class RegistrationConfig:
 
 @dataclass
 class NormalizationConfig:
-    """Mapping of the second modality to float32 [0, 1] (see ``normalize.py``)."""
+    """Mapping of the second modality to float32 [0, 1] (see ``normalize.py``).
+
+    A model file records the values it was trained with (``ModelCard.normalization``). A config built by
+    ``from_dict`` remembers which keys the mapping set (``explicit_keys``); ``over_card`` puts exactly those
+    keys on top of the card's. An object built directly (``NormalizationConfig(...)``) counts as setting
+    every key.
+    """
 
     thermal_agc: str = "percentile"  # mono16 raw counts: "percentile" (per frame) or "fixed" (thermal_range)
     thermal_range: tuple[float, float] = (0.0, 65535.0)  # raw counts for "fixed"
@@ -118,13 +124,39 @@ class NormalizationConfig:
 
     @classmethod
     def from_dict(cls, data) -> "NormalizationConfig":
-        return _from_dict(cls, data, "normalization")
+        obj = _from_dict(cls, data, "normalization")
+        if data is None or isinstance(data, dict):
+            obj._explicit = frozenset(data or ())
+        return obj
+
+    @property
+    def explicit_keys(self) -> frozenset[str]:
+        """The keys the user set (see the class docstring)."""
+        return getattr(self, "_explicit", frozenset(f.name for f in dataclasses.fields(self)))
+
+    def to_dict(self) -> dict:
+        """Every key, JSON-ready (pairs as lists): what the trainer writes into the model card."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def over_card(self, card_normalization: dict | None) -> "NormalizationConfig":
+        """The normalisation to run with a model: precedence, key by key, is this config's explicit keys,
+        then the model card's ``normalization``, then the defaults. A bad card value names the model card."""
+        try:
+            base = NormalizationConfig.from_dict(card_normalization or {})
+        except RgbtSegError as exc:
+            raise RgbtSegError(f"model card {exc}") from None
+        merged = base.to_dict()
+        mine = self.to_dict()
+        merged.update({k: mine[k] for k in self.explicit_keys})
+        return NormalizationConfig.from_dict(merged)
 
 
 @dataclass
 class PipelineConfig:
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
-    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    # keys set here override the model card's normalisation (NormalizationConfig.over_card); unset keys
+    # follow the card, so the default is "whatever the model was trained with"
+    normalization: NormalizationConfig = field(default_factory=lambda: NormalizationConfig.from_dict({}))
     resize_mode: str = "stretch"  # "stretch" to the network input, or "letterbox" (keeps aspect, pads)
     overlay_alpha: float = 0.5  # weight of the label colours in the overlay image
     input_size: tuple[int, int] | None = None  # (h, w) override of the model card's input size

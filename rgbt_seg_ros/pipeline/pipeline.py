@@ -47,8 +47,14 @@ class SegmentationPipeline:
     """Runs a ``Backend`` (rgbt_seg_ros.inference.base) on RGB + optional aux images.
 
     ``backend.card`` gives the network input size, the classes and palette, and the normalisation;
-    ``config`` (a ``PipelineConfig``, a dict, or None for defaults) gives registration, aux
-    normalisation, resize mode and overlay alpha.
+    ``config`` (a ``PipelineConfig``, a dict, or None for defaults) gives registration, resize mode,
+    overlay alpha and any aux normalisation the user wants to force.
+
+    Aux normalisation (raw thermal/depth → [0, 1]; ``self.normalization``) is resolved key by key:
+    a key the config sets explicitly wins, else the model card's ``normalization`` (what the model
+    was trained with), else the ``NormalizationConfig`` default. So an empty config reproduces training,
+    and ``{"normalization": {"thermal_percentiles": [2, 98]}}`` changes only that key. The card's
+    ``aux_mean``/``aux_std`` always apply after it.
     """
 
     def __init__(self, backend, config: PipelineConfig | dict | None = None):
@@ -71,6 +77,7 @@ class SegmentationPipeline:
                                f"aux_channels={self.aux_channels}")
         self._aux_mean = np.broadcast_to(aux_mean, (self.aux_channels,)).copy()
         self._aux_std = np.broadcast_to(aux_std, (self.aux_channels,)).copy()
+        self.normalization = self.config.normalization.over_card(getattr(card, "normalization", None))
         self.registrar = Registrar(self.config.registration)
         self._transforms: dict[tuple, ResizeTransform] = {}
 
@@ -129,7 +136,7 @@ class SegmentationPipeline:
             rgb_cam = as_camera_model(rgb_camera, "rgb camera_info") if rgb_camera is not None else None
             aux_cam = as_camera_model(aux_camera, f"{self.modality} camera_info") if aux_camera is not None else None
             self.registrar.set_geometry(rgb_cam, aux_cam, extrinsics)
-            ncfg = self.config.normalization
+            ncfg = self.normalization
             if self.config.registration.mode == "depth":
                 with timer("register"):
                     depth_m = depth_to_metres(aux, aux_encoding)

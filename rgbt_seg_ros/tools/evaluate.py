@@ -27,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="further dataset option (YAML value), e.g. size=[180,320] or x_folder=HHA; repeatable")
     parser.add_argument("--rgb-only", action="store_true", help="feed no thermal/depth image (RGB-only operation)")
-    parser.add_argument("--pipeline-config", default=None, help="pipeline YAML (normalisation, registration)")
+    parser.add_argument("--pipeline-config", default=None, help="pipeline YAML (registration; normalisation keys set "
+                        "here override the model card's)")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))

@@ -21,7 +21,8 @@ Outputs, one file per input pair, named after the input:
                             (or NAME.npy, float32 in [0, 1], with --confidence-format npy)
   OUT/overlay/NAME.png      with --overlay: colours blended over the RGB image
 
-Thermal files: 8-bit or 16-bit grey (16-bit = raw counts, normalised as the pipeline config says).
+Thermal files: 8-bit or 16-bit grey (16-bit = raw counts, normalised as the model card says unless
+--config overrides it).
 Depth files: 16-bit PNG in millimetres (0 = invalid), or .npy float32 metres.
 
 example:
@@ -40,7 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--rgbt", type=Path, help="folder of 4-channel RGB+thermal PNGs (MFNet layout)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--model", help="model file (.safetensors or .onnx); default: the built-in model")
-    parser.add_argument("--config", type=Path, help="pipeline YAML (registration, normalisation, resize, overlay)")
+    parser.add_argument("--config", type=Path, help="pipeline YAML (registration, resize, overlay; "
+                        "normalisation keys set here override the model card's)")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))

@@ -56,7 +56,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="segment RGB alone (no second camera); meant for models trained with modality dropout")
     topics.add_argument("--namespace", default="/rgbt_seg", help="prefix of the output topics (default /rgbt_seg)")
     pipe = parser.add_argument_group("pipeline")
-    pipe.add_argument("--config", type=Path, help="pipeline YAML (registration, normalisation, resize, overlay)")
+    pipe.add_argument("--config", type=Path, help="pipeline YAML (registration, resize, overlay; "
+                      "normalisation keys set here override the model card's)")
     pipe.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"), help="inference backend")
     pipe.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     pipe.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))

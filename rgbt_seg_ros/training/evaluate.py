@@ -63,7 +63,7 @@ def evaluate(backend, dataset: SegmentationDataset, rgb_only: bool = False, pipe
     pcfg = pipeline_config if isinstance(pipeline_config, PipelineConfig) else \
         PipelineConfig.from_dict(pipeline_config or {})
     pipe = SegmentationPipeline(backend, pcfg)
-    norm: NormalizationConfig = pcfg.normalization
+    norm: NormalizationConfig = pipe.normalization  # the card's, under the config's explicit keys
     excl = excluded_classes(cs)
     cms = {"all": ConfusionMatrix(cs.num_classes, IGNORE)}
     n = len(dataset) if limit is None else min(limit, len(dataset))
