@@ -56,8 +56,7 @@ def test_registry_lists_baselines_and_seed_networks():
 ])
 def test_registry_rejects_bad_requests_naming_the_choices(kwargs, fragment):
     kwargs = {"num_classes": 3, **kwargs}
-    # The registry (owned by the package skeleton) raises ValueError today; RgbtSegError is the contract.
-    with pytest.raises((RgbtSegError, ValueError)) as info:
+    with pytest.raises(RgbtSegError) as info:
         create_network(**kwargs)
     message = str(info.value)
     assert fragment in message and "\n" not in message

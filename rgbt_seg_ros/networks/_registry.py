@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from rgbt_seg_ros.errors import RgbtSegError
+
 MODALITIES = ("thermal", "depth")
 
 
@@ -66,7 +68,7 @@ def get_network_spec(name: str) -> NetworkSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown network {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+        raise RgbtSegError(f"unknown network {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def create_network(name: str, num_classes: int, modality: str = "thermal", variant: str | None = None,
@@ -74,15 +76,15 @@ def create_network(name: str, num_classes: int, modality: str = "thermal", varia
     """Build a registered network. ``aux_channels`` defaults to 1 (thermal, or raw depth; 3 for HHA depth)."""
     spec = get_network_spec(name)
     if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        raise RgbtSegError(f"modality must be one of {MODALITIES}, got {modality!r}")
     variant = variant or spec.default_variant
     if variant not in spec.variants:
-        raise ValueError(f"network {name!r} has no variant {variant!r}; variants: {', '.join(spec.variants)}")
+        raise RgbtSegError(f"network {name!r} has no variant {variant!r}; variants: {', '.join(spec.variants)}")
     if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        raise RgbtSegError(f"num_classes must be >= 2, got {num_classes}")
     aux_channels = 1 if aux_channels is None else int(aux_channels)
     if aux_channels not in (1, 3):
-        raise ValueError(f"aux_channels must be 1 or 3 (HHA depth), got {aux_channels}")
+        raise RgbtSegError(f"aux_channels must be 1 or 3 (HHA depth), got {aux_channels}")
     net = spec.builder(num_classes=num_classes, modality=modality, variant=variant, pretrained=pretrained,
                        aux_channels=aux_channels)
     net.network_name, net.variant, net.modality = name, variant, modality

@@ -39,10 +39,7 @@ def main(args: argparse.Namespace) -> int:
     from rgbt_seg_ros.networks.complexity import network_complexity
 
     w, h = _parse_size(args.size)
-    try:
-        specs = [get_network_spec(n) for n in args.names] if args.names else list_networks()
-    except ValueError as exc:
-        raise RgbtSegError(str(exc)) from None
+    specs = [get_network_spec(n) for n in args.names] if args.names else list_networks()
     rows = []
     for spec in specs:
         variants = spec.variants
