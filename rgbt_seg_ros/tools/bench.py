@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", default="torch,onnxruntime", help="comma-separated: torch, onnxruntime")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    parser.add_argument("--size", default="480x640", help="network input HxW (default 480x640)")
+    parser.add_argument("--size", default="640x480", help="network input WxH (default 640x480)")
     parser.add_argument("--num-classes", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=20)
@@ -34,6 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="model file for the pipeline benchmark (default: the built-in model)")
     parser.add_argument("--pipeline-backend", default="torch", choices=("torch", "onnxruntime"),
                         help="backend for the pipeline benchmark (onnxruntime exports the model first)")
+    parser.add_argument("--agreement", type=int, default=0, metavar="N",
+                        help="also compare labels on N synthetic validation frames with --model: torch at "
+                             "--precision and onnxruntime against torch fp32 on --device (0 = skip)")
     parser.add_argument("--json", type=Path, help="write all figures as JSON")
     parser.add_argument("--markdown", type=Path, help="write the tables as markdown")
 
@@ -76,7 +79,7 @@ def bench_network(name: str, variant: str, backends: list[str], args, h: int, w:
     card = ModelCard(network=name, variant=variant, num_classes=k, class_names=[str(i) for i in range(k)],
                      palette=[[0, 0, 0]] * k, input_size=(h, w), trained=False)
     base = {"network": name, "variant": variant, "params_M": count_parameters(net) / 1e6,
-            "GMACs": count_macs(net, h, w), "size": f"{h}x{w}", "device": args.device}
+            "GMACs": count_macs(net, h, w), "size": f"{w}x{h}", "device": args.device}
     rng = np.random.default_rng(0)
     rgb = rng.standard_normal((1, 3, h, w)).astype(np.float32)
     aux = rng.standard_normal((1, 1, h, w)).astype(np.float32)
@@ -126,17 +129,17 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        h, w = (int(v) for v in args.size.lower().split("x"))
+        w, h = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
-        raise RgbtSegError(f"--size: expected HxW such as 480x640, got {args.size!r}") from None
+        raise RgbtSegError(f"--size: expected WxH such as 640x480, got {args.size!r}") from None
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for b in backends:
         if b not in ("torch", "onnxruntime"):
             raise RgbtSegError(f"--backends: unknown backend {b!r}; choose torch and/or onnxruntime")
     specs = list_networks() if args.networks == "all" else [get_network_spec(n.strip()) for n in args.networks.split(",")]
     report = {"machine": machine_description(args.device), "precision": args.precision, "networks": [],
-              "pipeline": None}
-    print(f"# {report['machine']}, {args.precision}, batch 1, {h}x{w}\n")
+              "pipeline": None, "agreement": None}
+    print(f"# {report['machine']}, {args.precision}, batch 1, {w}x{h}\n")
     if not args.skip_networks:
         print(NET_HEADER, flush=True)
         for spec in specs:
@@ -146,6 +149,8 @@ def main(args: argparse.Namespace) -> int:
                 report["networks"].extend(bench_network(spec.name, variant, backends, args, h, w))
     if args.pipeline or args.skip_networks:
         report["pipeline"] = bench_pipeline(args)
+    if args.agreement:
+        report["agreement"] = bench_agreement(args)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     if args.markdown:
@@ -159,6 +164,45 @@ def to_markdown(report: dict) -> str:
         lines += [NET_HEADER] + [_row_md(r) for r in report["networks"]] + [""]
     if report["pipeline"]:
         lines += [pipeline_markdown(report["pipeline"]), ""]
+    if report.get("agreement"):
+        lines += [agreement_markdown(report["agreement"]), ""]
+    return "\n".join(lines)
+
+
+def bench_agreement(args) -> dict:
+    """Share of pixels whose label matches torch fp32, on the held-out synthetic scenes, through the pipeline."""
+    from rgbt_seg_ros.inference import builtin_model_path
+    from rgbt_seg_ros.inference.artifact import load_model
+    from rgbt_seg_ros.inference.export import export_onnx
+    from rgbt_seg_ros.inference.onnx_backend import OnnxBackend
+    from rgbt_seg_ros.inference.torch_backend import TorchBackend
+    from rgbt_seg_ros.training.datasets import SyntheticDataset
+    from rgbt_seg_ros.training.evaluate import label_agreement
+
+    model = args.model or builtin_model_path()
+    net, card = load_model(model)
+    backends = {"torch-fp32": TorchBackend(net, card, device=args.device)}
+    if args.precision != "fp32":
+        backends[f"torch-{args.precision}"] = TorchBackend(net, card, device=args.device, precision=args.precision)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(net, card, Path(tmp) / "model.onnx").path
+        # onnxruntime runs fp16 only through TensorRT on a GPU
+        gpu_fp16 = args.precision == "fp16" and args.device.startswith("cuda")
+        for precision in ("fp32", "fp16") if gpu_fp16 else ("fp32",):
+            b = OnnxBackend(onnx_path, device=args.device, precision=precision, threads=args.threads)
+            backends[b.name] = b
+        dataset = SyntheticDataset(seed=2000, length=args.agreement, size=card.input_size)
+        agree = label_agreement(backends, dataset, reference="torch-fp32")
+    result = {"model": str(model), "frames": args.agreement, "size": list(card.input_size), "reference": "torch-fp32",
+              "agreement": {name: agree[name] for name in backends if name != "torch-fp32"}}
+    print("\n" + agreement_markdown(result), flush=True)
+    return result
+
+
+def agreement_markdown(a: dict) -> str:
+    lines = [f"Label agreement with {a['reference']} on {a['frames']} synthetic validation frames "
+             f"({a['size'][1]}x{a['size'][0]}), model {a['model']}:", "", "| backend | same label |", "|---|---:|"]
+    lines += [f"| {name} | {100 * v:.3f} % |" for name, v in a["agreement"].items()]
     return "\n".join(lines)
 
 
@@ -179,7 +223,8 @@ def bench_pipeline(args) -> dict:
         tmp = tempfile.TemporaryDirectory()
         net, card = load_model(model)
         onnx_path = export_onnx(net, card, Path(tmp.name) / "model.onnx").path
-        backend = OnnxBackend(onnx_path, device=args.device, threads=args.threads)
+        backend = OnnxBackend(onnx_path, device=args.device, threads=args.threads,
+                              precision="fp16" if args.precision == "fp16" else "fp32")
     # A typical vehicle rig: wide RGB, narrower thermal with strong barrel distortion, 8 cm baseline.
     rgb_cam = CameraModel(K=[[900, 0, 640], [0, 900, 360], [0, 0, 1]], D=[-0.1, 0.05, 0, 0, 0], width=1280, height=720)
     th_cam = CameraModel(K=[[510, 0, 320], [0, 510, 256], [0, 0, 1]], D=[-0.43, 0.19, 0, 0, 0], width=640, height=512)

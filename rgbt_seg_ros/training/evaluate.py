@@ -92,6 +92,32 @@ def evaluate(backend, dataset: SegmentationDataset, rgb_only: bool = False, pipe
     return EvalResult(scores, n, path)
 
 
+def label_agreement(backends: dict, dataset: SegmentationDataset, reference: str,
+                    pipeline_config: dict | None = None, limit: int | None = None) -> dict[str, float]:
+    """Fraction of pixels on which each backend's label equals ``backends[reference]``'s label.
+
+    Every backend runs through its own :class:`SegmentationPipeline` with the same config, so the
+    comparison covers what users get (registration, normalisation, post-processing), not only the network.
+    """
+    from rgbt_seg_ros.pipeline.pipeline import SegmentationPipeline
+
+    if reference not in backends:
+        raise RgbtSegError(f"label_agreement: reference backend {reference!r} is not among {', '.join(backends)}")
+    pipes = {name: SegmentationPipeline(b, pipeline_config) for name, b in backends.items()}
+    same = dict.fromkeys(backends, 0)
+    total = 0
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in range(n):
+        s = dataset.read(i)
+        labels = {name: p.process(s["rgb"], s.get("aux"), s["aux_encoding"] or "mono8", outputs={"labels"}).labels
+                  for name, p in pipes.items()}
+        ref = labels[reference]
+        total += ref.size
+        for name, lab in labels.items():
+            same[name] += int(np.count_nonzero(lab == ref))
+    return {name: same[name] / total for name in backends}
+
+
 def write_report(result: EvalResult, out_dir: str | Path, title: str) -> dict[str, Path]:
     """report.md (tables per split), metrics.csv, metrics.json and confusion_<split>.png."""
     import json
