@@ -163,6 +163,21 @@ def test_resume_continues_the_same_run_and_writes_a_complete_model(tmp_path):
     assert net(torch.zeros(1, 3, 32, 64), torch.zeros(1, 1, 32, 64)).shape == (1, 6, 32, 64)
 
 
+def test_model_card_records_the_resolved_training_normalisation(tmp_path):
+    from rgbt_seg_ros.inference import create_backend
+    from rgbt_seg_ros.pipeline import NormalizationConfig, SegmentationPipeline
+
+    cfg = _cfg(tmp_path, train=dict(TINY["train"], ema=None))
+    cfg["data"] = dict(TINY["data"], normalization={"thermal_agc": "fixed", "thermal_range": [1000, 9000]})
+    trainer = Trainer(load_config(cfg))
+    card = read_card(trainer.write_model())  # untrained weights: only the card matters here
+    # every key, the unset ones at the defaults the data went through
+    expect = dict(NormalizationConfig().to_dict(), thermal_agc="fixed", thermal_range=[1000.0, 9000.0])
+    assert card.normalization == expect == trainer.train_tf.norm.to_dict()
+    pipe = SegmentationPipeline(create_backend(tmp_path / "model.safetensors"))
+    assert pipe.normalization.thermal_agc == "fixed" and pipe.normalization.thermal_range == (1000.0, 9000.0)
+
+
 def test_train_subcommand_reports_config_errors(tmp_path):
     from rgbt_seg_ros.cli import main
 

@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "input_size": [480, 640],  # training crop (h, w) = the card's network input size
         "batch_size": 8, "num_workers": 0,
         "rgb_mean": list(IMAGENET_MEAN), "rgb_std": list(IMAGENET_STD), "aux_mean": [0.5], "aux_std": [0.25],
-        "normalization": {},  # pipeline NormalizationConfig (thermal AGC, depth range): same as replay
+        "normalization": {},  # pipeline NormalizationConfig (thermal AGC, depth range); recorded in the card
         "augment": {"scale": [0.5, 2.0], "flip": True, "photometric": 0.5, "aux_dropout": 0.0, "rgb_dropout": 0.0},
     },
     "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01, "momentum": 0.9, "betas": [0.9, 0.999],
@@ -640,6 +640,8 @@ class Trainer:
             modality=self.cfg["modality"], aux_channels=self.aux_channels, input_size=tuple(d["input_size"]),
             rgb_mean=tuple(d["rgb_mean"]), rgb_std=tuple(d["rgb_std"]), aux_mean=tuple(d["aux_mean"]),
             aux_std=tuple(d["aux_std"]), dataset=self.cfg["card"]["dataset"] or self.class_set.name,
+            # every key, resolved: what the data was normalised with, whatever the pipeline defaults become
+            normalization=self.train_tf.norm.to_dict(),
             supports_rgb_only=float(a["aux_dropout"]) > 0 or net["name"] == "rgb_only", trained=True,
             metrics=metrics,
             notes=(self.cfg["card"]["notes"] + " " if self.cfg["card"]["notes"] else "")
