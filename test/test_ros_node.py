@@ -30,12 +30,12 @@ RGB_HW, AUX_HW = (48, 64), (24, 32)
 OUTS = ("labels", "colour", "confidence", "overlay")
 
 
-def _model(path: Path, supports_rgb_only: bool) -> Path:
+def _model(path: Path, supports_rgb_only: bool, **card_kw) -> Path:
     torch.manual_seed(0)
     net = create_network(NET, 3, modality="thermal", variant=VARIANT, pretrained=False)
     card = ModelCard(network=NET, variant=VARIANT, num_classes=3, class_names=["road", "car", "person"],
                      palette=[[128, 64, 128], [0, 0, 142], [220, 20, 60]], input_size=(64, 64),
-                     supports_rgb_only=supports_rgb_only, trained=False, dataset="test")
+                     supports_rgb_only=supports_rgb_only, trained=False, dataset="test", **card_kw)
     return save_model(path, net.state_dict(), card)
 
 
@@ -363,6 +363,21 @@ def test_parameters_are_declared_with_descriptions_and_ranges(standin, model_fil
     # sensor-data QoS by default, reliable on request
     assert node.subscriptions["/rgb/image"].qos.reliability == "best_effort"
     assert node.subscriptions["/thermal/camera_info"].msg_type.__name__ == "CameraInfo"
+
+
+def test_thermal_normalisation_comes_from_the_card_unless_a_parameter_sets_it(standin, tmp_path):
+    state = standin[0]
+    path = _model(tmp_path / "fixed.safetensors", False,
+                  normalization={"thermal_agc": "fixed", "thermal_range": [19000.0, 31000.0]})
+    node = make_node(standin, model_file=str(path))  # every normalisation parameter at its default
+    n = node.pipeline.normalization
+    assert n.thermal_agc == "fixed" and n.thermal_range == (19000.0, 31000.0)
+    assert any("thermal normalisation fixed 19000-31000 counts" in m for lvl, m in state.logs if lvl == "INFO")
+    node = make_node(standin, model_file=str(path), thermal_range=[1000.0, 9000.0])
+    n = node.pipeline.normalization
+    assert n.thermal_agc == "fixed" and n.thermal_range == (1000.0, 9000.0)  # that key only
+    node = make_node(standin, model_file=str(path), thermal_normalisation="percentile")
+    assert node.pipeline.normalization.thermal_agc == "percentile"
 
 
 def test_reliable_qos_switch(standin, model_files):

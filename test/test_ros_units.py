@@ -39,6 +39,8 @@ def test_every_parameter_has_a_description_and_a_sane_default():
      "parameter extrinsic_rotation: not a rotation matrix"),
     ({"thermal_range": [100.0, 10.0]}, "parameter thermal_range: [100.0, 10.0] needs min < max"),
     ({"thermal_percentiles": [-1.0, 99.0]}, "parameter thermal_percentiles"),
+    ({"depth_range": [0.0, -1.0]}, "parameter depth_range: [0.0, -1.0] needs min < max"),  # only [0, 0] = card's
+    ({"thermal_normalisation": "agc"}, "parameter thermal_normalisation: 'agc' is not one of auto, percentile"),
     ({"model_file": "/tmp/model.pt"}, "parameter model_file: /tmp/model.pt does not exist"),
     ({"extrinsics_file": "/nope/camchain.yaml#cam0,cam1"}, "parameter extrinsics_file: /nope/camchain.yaml does not exist"),
     ({"frame_rate": 30}, "parameter frame_rate: unknown parameter"),
@@ -92,6 +94,14 @@ def test_pipeline_config_accepts_the_node_parameters():
     assert pc.registration.mode == "homography" and pc.registration.homography[0][2] == 5.0
     assert pc.input_size == (320, 640) and pc.overlay_alpha == 0.3 and pc.resize_mode == "letterbox"
     assert pc.normalization.thermal_agc == "fixed" and pc.normalization.thermal_range == (1000.0, 9000.0)
+    # left at their defaults, the normalisation parameters pass nothing: the model card decides
+    untouched = PipelineConfig.from_dict(pipeline_config_dict(validate_params({})))
+    assert untouched.normalization.explicit_keys == frozenset()
+    card_norm = {"thermal_agc": "fixed", "thermal_range": [19000, 31000], "depth_range": [0.5, 5.0]}
+    assert untouched.normalization.over_card(card_norm).thermal_range == (19000.0, 31000.0)
+    only = PipelineConfig.from_dict(pipeline_config_dict(validate_params({"depth_range": [0.2, 6.0]})))
+    merged = only.normalization.over_card(card_norm)
+    assert merged.depth_range == (0.2, 6.0) and merged.thermal_agc == "fixed"
     plane = PipelineConfig.from_dict(pipeline_config_dict(validate_params(
         {"registration": "plane", "extrinsic_translation": [0.1, 0.0, 0.0], "plane_distance": 20.0})))
     assert plane.registration.extrinsics["t"] == [0.1, 0.0, 0.0] and plane.registration.plane_distance == 20.0

@@ -151,7 +151,16 @@ class RgbtSegNode(Node):
         self.get_logger().info(
             f"model {self.card.network}/{self.card.variant} ({self.model_file}, {self.backend.name}); "
             f"rgb/image + {self._aux_topic}; registration {self.cfg.registration}; "
+            f"{self.modality} normalisation {self._normalisation_text()}; "
             f"RGB-only fallback {'available' if self.rgb_only_possible else 'not supported by this model'}")
+
+    def _normalisation_text(self) -> str:
+        n = self.pipeline.normalization  # card values under the parameters set: say which were used
+        if self.modality == "depth":
+            return f"{n.depth_range[0]:g}-{n.depth_range[1]:g} m"
+        if n.thermal_agc == "fixed":
+            return f"fixed {n.thermal_range[0]:g}-{n.thermal_range[1]:g} counts"
+        return f"percentile {n.thermal_percentiles[0]:g}-{n.thermal_percentiles[1]:g}"
 
     # ---------------------------------------------------------------- callbacks (executor threads)
     def _now(self) -> float:

@@ -16,7 +16,14 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODALITIES = ("auto", "thermal", "depth")
 REGISTRATION_MODES = ("identity", "homography", "plane", "depth")
-THERMAL_MODES = ("percentile", "fixed")
+THERMAL_MODES = ("auto", "percentile", "fixed")
+# Normalisation parameters left at these values take the model card's (what the model was trained with).
+FROM_CARD = {"thermal_normalisation": "auto", "thermal_range": [0.0, 0.0], "thermal_percentiles": [0.0, 0.0],
+             "temperature_range": [0.0, 0.0], "depth_range": [0.0, 0.0]}
+# node parameter -> pipeline NormalizationConfig key
+_NORM_KEYS = {"thermal_normalisation": "thermal_agc", "thermal_range": "thermal_range",
+              "thermal_percentiles": "thermal_percentiles", "temperature_range": "temperature_range",
+              "depth_range": "depth_range"}
 RELIABILITIES = ("best_effort", "reliable")
 MAX_INPUT_SIDE = 4096
 
@@ -58,15 +65,19 @@ PARAMS: tuple[ParamSpec, ...] = (
               "extrinsic_rotation/translation when set"),
     ParamSpec("plane_distance", "double", 10.0, "Distance in metres of the fronto-parallel scene plane "
               "(registration=plane)", (0.1, 1000.0)),
-    ParamSpec("thermal_normalisation", "string", "percentile", "Thermal to [0,1]: percentile (per-frame AGC "
-              "between thermal_percentiles) or fixed (thermal_range)", choices=THERMAL_MODES),
-    ParamSpec("thermal_range", "double_array", [0.0, 65535.0], "[min, max] raw mono16 counts mapped to [0,1] "
-              "when thermal_normalisation=fixed", length=2),
-    ParamSpec("thermal_percentiles", "double_array", [1.0, 99.0], "[low, high] percentiles for "
-              "thermal_normalisation=percentile", length=2),
-    ParamSpec("temperature_range", "double_array", [-20.0, 60.0], "[min, max] degrees Celsius of a 32FC1 "
-              "thermal image mapped to [0,1]", length=2),
-    ParamSpec("depth_range", "double_array", [0.1, 10.0], "[min, max] metres mapped to [0,1] for depth", length=2),
+    # [0, 0] arrays (a ROS parameter cannot default to an empty double array: rclpy would type it from the
+    # empty default) and "auto" mean "the model card's"
+    ParamSpec("thermal_normalisation", "string", "auto", "Thermal to [0,1]: percentile (per-frame AGC "
+              "between thermal_percentiles) or fixed (thermal_range); auto = the model card's (as trained)",
+              choices=THERMAL_MODES),
+    ParamSpec("thermal_range", "double_array", [0.0, 0.0], "[min, max] raw mono16 counts mapped to [0,1] "
+              "when thermal_normalisation=fixed; [0, 0] = the model card's", length=2),
+    ParamSpec("thermal_percentiles", "double_array", [0.0, 0.0], "[low, high] percentiles for "
+              "thermal_normalisation=percentile; [0, 0] = the model card's", length=2),
+    ParamSpec("temperature_range", "double_array", [0.0, 0.0], "[min, max] degrees Celsius of a 32FC1 "
+              "thermal image mapped to [0,1]; [0, 0] = the model card's", length=2),
+    ParamSpec("depth_range", "double_array", [0.0, 0.0], "[min, max] metres mapped to [0,1] for depth; "
+              "[0, 0] = the model card's", length=2),
     ParamSpec("resize_mode", "string", "stretch", "RGB to network input: stretch, or letterbox (keeps aspect)",
               choices=("stretch", "letterbox")),
     ParamSpec("overlay", "bool", True, "Publish ~/overlay (colour labels blended over the RGB image)"),
@@ -172,7 +183,7 @@ def validate_params(values: dict[str, Any]) -> NodeConfig:
         raise RgbtSegError(f"parameter extrinsics_file: {v['extrinsics_file'].split('#')[0]} does not exist")
     for name in ("thermal_range", "thermal_percentiles", "temperature_range", "depth_range"):
         lo, hi = v[name]
-        if not lo < hi:
+        if v[name] != FROM_CARD[name] and not lo < hi:
             raise RgbtSegError(f"parameter {name}: [{lo}, {hi}] needs min < max")
     lo, hi = v["thermal_percentiles"]
     if lo < 0 or hi > 100:
@@ -248,7 +259,8 @@ def resolve_against_card(cfg: NodeConfig, card, size_multiple: int = 32,
 
 
 def pipeline_config_dict(cfg: NodeConfig) -> dict:
-    """The node's parameters in the shape ``pipeline.PipelineConfig.from_dict`` reads."""
+    """The node's parameters in the shape ``pipeline.PipelineConfig.from_dict`` reads (normalisation
+    parameters only where they are not "the model card's")."""
     reg: dict[str, Any] = {"mode": cfg.registration, "plane_distance": cfg.plane_distance}
     if cfg.registration == "homography":
         h = cfg.homography
@@ -256,15 +268,11 @@ def pipeline_config_dict(cfg: NodeConfig) -> dict:
     if cfg.registration in ("plane", "depth"):
         r = cfg.extrinsic_rotation
         reg["extrinsics"] = cfg.extrinsics_file or {"R": [r[0:3], r[3:6], r[6:9]], "t": list(cfg.extrinsic_translation)}
+    # only the normalisation parameters the user set: the pipeline takes the rest from the model card
+    norm = {key: getattr(cfg, name) for name, key in _NORM_KEYS.items() if getattr(cfg, name) != FROM_CARD[name]}
     return {
         "registration": reg,
-        "normalization": {
-            "thermal_agc": cfg.thermal_normalisation,
-            "thermal_range": list(cfg.thermal_range),
-            "thermal_percentiles": list(cfg.thermal_percentiles),
-            "temperature_range": list(cfg.temperature_range),
-            "depth_range": list(cfg.depth_range),
-        },
+        "normalization": {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in norm.items()},
         "resize_mode": cfg.resize_mode,
         "overlay_alpha": cfg.overlay_alpha,
         "input_size": list(cfg.input_size) if cfg.input_size else None,
