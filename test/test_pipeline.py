@@ -132,7 +132,9 @@ def test_plane_registration_with_camera_infos_per_call():
     H = plane_homography(np.array(rgb_info.k).reshape(3, 3), th_cam.K, ext, 2.0)
     c = H @ np.array([159.5, 127.5, 1.0])
     expect = c[:2] / c[2]  # the square's centre seen by the RGB camera: 30 px to the right of centre
-    ys, xs = np.nonzero(r.labels == 1)
+    # outside the thermal view the aux is fed as its mean, 0: this net's decision boundary, so look well inside
+    seen = cv2.erode((r.registered_aux > 0).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    ys, xs = np.nonzero((r.labels == 1) & seen)
     assert abs(xs.mean() - expect[0]) < 1.0 and abs(ys.mean() - expect[1]) < 1.0
     assert abs(xs.mean() - 319.5 - 30.0) < 1.0
     ys2, xs2 = np.nonzero(r.registered_aux > 0.5)
@@ -228,3 +230,35 @@ def test_card_normalisation_is_used_and_config_keys_override_it_key_by_key():
     with pytest.raises(RgbtSegError, match="model card normalization.gain: unknown key"):
         make_pipeline(normalization={"gain": 2})
 
+
+@pytest.mark.parametrize("encoding,dtype,lo,hi,norm", [
+    ("mono16", np.uint16, 19000, 31000, FIXED),
+    ("mono8", np.uint8, 0, 255, {}),
+    ("32FC1", np.float32, -20.0, 60.0, {}),
+])
+def test_thermal_outside_the_view_is_fed_as_the_mean(encoding, dtype, lo, hi, norm):
+    # the thermal image covers only the top-left quarter of the RGB frame (identity homography, half size)
+    mean, std = 0.3, 0.2
+    pipe, net = make_pipeline({"registration": {"mode": "homography", "homography": np.eye(3).tolist()}},
+                              aux_mean=(mean,), aux_std=(std,), normalization=norm)
+    aux = np.full((120, 160), lo + 0.9 * (hi - lo), dtype)
+    r = pipe.process(np.zeros((240, 320, 3), np.uint8), aux, encoding, outputs={"labels", "registered_aux"})
+    seen = net.seen_aux[-1][0, 0].numpy()
+    unit = (float(aux[0, 0]) - lo) / (hi - lo)  # 0.9 after the dtype's rounding
+    inside = (unit - mean) / std
+    assert np.allclose(seen[:110, :150], inside, atol=1e-3)
+    # outside: the raw value that standardises to 0, to within the raw dtype's rounding
+    one_step = (1.0 if dtype != np.float32 else 0.0) / ((hi - lo) * std)
+    assert np.abs(seen[125:, :]).max() <= one_step + 1e-5 and np.abs(seen[:, 165:]).max() <= one_step + 1e-5
+    # the registered_aux image for people keeps 0 outside the view
+    assert (r.registered_aux[125:, :] == 0).all() and (r.registered_aux[:, 165:] == 0).all()
+    assert np.allclose(r.registered_aux[:110, :150], unit, atol=1e-5)
+
+
+def test_depth_outside_the_view_stays_invalid():
+    pipe, net = make_pipeline({"registration": {"mode": "homography", "homography": np.eye(3).tolist()},
+                               "normalization": {"depth_range": [0, 10]}}, modality="depth")
+    depth = np.full((120, 160), 5000, np.uint16)  # 5 m
+    pipe.process(np.zeros((240, 320, 3), np.uint8), depth, "16UC1", outputs={"labels"})
+    seen = net.seen_aux[-1][0, 0].numpy()
+    assert np.allclose(seen[:110, :150], 0.0, atol=1e-5) and np.allclose(seen[125:, :], (0.0 - 0.5) / 0.25)

@@ -78,6 +78,10 @@ class SegmentationPipeline:
         self._aux_mean = np.broadcast_to(aux_mean, (self.aux_channels,)).copy()
         self._aux_std = np.broadcast_to(aux_std, (self.aux_channels,)).copy()
         self.normalization = self.config.normalization.over_card(getattr(card, "normalization", None))
+        # Thermal the aux camera does not see is fed as the raw value that standardises to 0 (the mean):
+        # what modality dropout trains and backends feed for a lost stream, rather than the low end of the
+        # range, (0 − mean)/std ≈ −2, which the network never saw. Depth keeps 0 = invalid, as its datasets do.
+        self._outside_fraction = float(self._aux_mean.mean()) if self.modality == "thermal" else 0.0
         self.registrar = Registrar(self.config.registration)
         self._transforms: dict[tuple, ResizeTransform] = {}
 
@@ -152,12 +156,13 @@ class SegmentationPipeline:
                 with timer("normalize_aux"):
                     lo, hi = value_range(aux, aux_encoding, self.modality, ncfg)
                 interp = cv2.INTER_NEAREST if self.modality == "depth" else cv2.INTER_LINEAR
+                outside = lo + self._outside_fraction * (hi - lo)
                 with timer("register"):
-                    warped = self.registrar.warp(aux, rgb_hw, tf, interpolation=interp, border_value=lo)
+                    warped = self.registrar.warp(aux, rgb_hw, tf, interpolation=interp, border_value=outside)
                 with timer("normalize_aux"):
                     aux_in = self._aux_tensor(warped, lo, hi)
                 if "registered_aux" in outputs:
-                    with timer("registered_aux"):
+                    with timer("registered_aux"):  # an image for people: 0 outside the aux view
                         full = self.registrar.warp(aux, rgb_hw, None, interpolation=interp, border_value=lo)
                         registered_full = scale_into(full, lo, hi)
 
