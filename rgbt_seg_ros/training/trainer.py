@@ -274,7 +274,7 @@ class Trainer:
             self.model = create_network(n["name"], self.num_classes, modality=self.cfg["modality"],
                                         variant=n["variant"], pretrained=bool(n["pretrained"]),
                                         aux_channels=aux_channels)
-        except ValueError as exc:
+        except RgbtSegError as exc:
             raise RgbtSegError(f"config key 'network': {exc}") from None
         self.aux_channels = aux_channels
         self.model.to(self.device)
