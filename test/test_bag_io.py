@@ -1,7 +1,6 @@
 """Bag reading (rosbag2 mcap/sqlite3, ROS 1) and atomic rosbag2 writing through rosbags."""
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag1 import Writer as Ros1Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+from bag_checks import mcap_ros2, tree_hash
 
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.io.bag import SEGMENTATION_INFO, BagReader, BagWriter, output_typestore
@@ -24,21 +25,8 @@ def _need(path: Path) -> None:
         pytest.skip(f"shared data absent: {path}")
 
 
-def _tree_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
-def _mcap_ros2(path: Path) -> list:
-    """(schema, channel, message, decoded) with Foxglove's independent ROS 2 decoder."""
-    from mcap.reader import make_reader
-    from mcap_ros2.decoder import DecoderFactory
-
-    with open(path, "rb") as f:
-        return list(make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages())
 
 
 def test_ros1_bag_topics_and_counts():
@@ -128,12 +116,12 @@ def test_rosbag2_copy_is_verbatim(tmp_path, source, storage):
         types = {c.topic: c.msgtype for c in reader.connections}
     assert sorted(copied) == sorted(originals) and len(copied) == 188
     if storage == "mcap":  # Foxglove's decoder reads every copied message with the copied definitions
-        decoded = _mcap_ros2(out / "copy.mcap")
+        decoded = mcap_ros2(out / "copy.mcap")
         assert len(decoded) == 188
         assert all(schema.name == types[channel.topic] for schema, channel, _, _ in decoded)
 
 
-def test_ros1_to_rosbag2_readable_by_mcap_ros2(tmp_path):
+def test_ros1_to_rosbag2_readable_bymcap_ros2(tmp_path):
     _need(FIDUCIALS)
     out = tmp_path / "converted"
     with BagReader(FIDUCIALS) as bag, BagWriter(out) as w:
@@ -143,7 +131,7 @@ def test_ros1_to_rosbag2_readable_by_mcap_ros2(tmp_path):
             w.write_raw(m.topic, m.log_time, bag.to_cdr(m))
             if m.topic.endswith("camera_info"):
                 infos.append(bag.deserialize(m))  # ROS 1 field names: K, D, ...
-    decoded = [d for d in _mcap_ros2(out / "converted.mcap") if d[1].topic == "/raspicam_node/camera_info"]
+    decoded = [d for d in mcap_ros2(out / "converted.mcap") if d[1].topic == "/raspicam_node/camera_info"]
     assert len(decoded) == 15
     for ros1, (schema, _, _, msg) in zip(infos, decoded):
         np.testing.assert_allclose(msg.k, ros1.K)
@@ -191,7 +179,7 @@ def test_segmentation_info_registered_from_msg_file(tmp_path):
               stage_latency_ms=np.array([2.5], np.float32), pairs_processed=4, pairs_dropped=1, frames_unpaired=2)
     with BagWriter(out) as w:
         w.write("/rgbt_seg/info", 5, msg, SEGMENTATION_INFO)
-    ((schema, _, _, decoded),) = _mcap_ros2(out / "info.mcap")
+    ((schema, _, _, decoded),) = mcap_ros2(out / "info.mcap")
     assert schema.name == SEGMENTATION_INFO
     assert list(decoded.class_names) == ["a", "b"] and decoded.pairs_dropped == 1
     assert abs(decoded.stage_latency_ms[0] - 2.5) < 1e-6
@@ -225,12 +213,12 @@ def test_failed_write_leaves_nothing_and_keeps_old_output(tmp_path, error):
     assert list(tmp_path.iterdir()) == []
     with BagWriter(out) as w:
         w.write("/s", 1, String(data="first"), "std_msgs/msg/String")
-    before = _tree_hash(out)
+    before = tree_hash(out)
     with pytest.raises(error):
         with BagWriter(out, force=True) as w:
             w.write("/s", 1, String(data="second"), "std_msgs/msg/String")
             raise error("midway")
-    assert _tree_hash(out) == before
+    assert tree_hash(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

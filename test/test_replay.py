@@ -1,12 +1,13 @@
 """rgbt-seg replay on real bags (ROS 1 JPEG camera, rosbag2 with truncated images) and on a synthetic RGB-T bag."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
+
+from bag_checks import mcap_ros2, tree_hash
 
 from rgbt_seg_ros.cli import main as cli
 from rgbt_seg_ros.errors import RgbtSegError
@@ -24,22 +25,8 @@ def _need(path: Path) -> None:
         pytest.skip(f"shared data absent: {path}")
 
 
-def _tree_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
-def _mcap_ros2(path: Path) -> list:
-    """(schema, channel, message, decoded) via Foxglove's independent ROS 2 decoder."""
-    from mcap.reader import make_reader
-    from mcap_ros2.decoder import DecoderFactory
-
-    with open(path, "rb") as f:
-        return list(make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages())
 
 
 def _ns(header) -> int:
@@ -89,14 +76,14 @@ def test_ros1_bag_without_second_camera_fails_in_one_line(tmp_path, small_model,
 def test_ros1_bag_rgb_only_writes_valid_output(tmp_path, small_model, capsys, name, n_info):
     src_bag = DATA / "fiducials-ros1-bags" / name
     _need(src_bag)
-    before = _tree_hash(src_bag)
+    before = tree_hash(src_bag)
     out = tmp_path / "out"
     rc = cli(["replay", str(src_bag), "--out", str(out), "--model", str(small_model), "--rgb-topic", JPEG_TOPIC,
               "--rgb-only", "--rgb-info-topic", "/raspicam_node/camera_info", "--no-progress"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "1 segmented" in captured.out and "p99" in captured.out
-    assert _tree_hash(src_bag) == before
+    assert tree_hash(src_bag) == before
     _no_leftovers(tmp_path, {"out"})
 
     with AnyReader([src_bag]) as src:
@@ -130,7 +117,7 @@ def test_ros1_bag_rgb_only_writes_valid_output(tmp_path, small_model, capsys, na
     assert not info.aux_used and list(info.class_names)[1] == "road" and info.pairs_processed == 1
 
     # Foxglove's decoder reads every message of the output, with the same stamps.
-    decoded = _mcap_ros2(out / "out.mcap")
+    decoded = mcap_ros2(out / "out.mcap")
     by_topic = {}
     for schema, channel, _, msg in decoded:
         by_topic.setdefault(channel.topic, []).append((schema.name, msg))
@@ -147,7 +134,7 @@ def test_ros1_bag_rgb_only_writes_valid_output(tmp_path, small_model, capsys, na
 def test_truncated_images_fail_cleanly(tmp_path, small_model, capsys, storage):
     _need(FIXTURE)
     bag = FIXTURE / storage
-    before = _tree_hash(bag)
+    before = tree_hash(bag)
     out = tmp_path / "out"
     rc = cli(["replay", str(bag), "--out", str(out), "--model", str(small_model),
               "--rgb-topic", "/test/sensor_msgs/image", "--rgb-only", "--no-progress"])
@@ -157,7 +144,7 @@ def test_truncated_images_fail_cleanly(tmp_path, small_model, capsys, storage):
     assert "Traceback" not in "\n".join(err)
     assert "topic /test/sensor_msgs/image: field data: 30 bytes" in last and "921600" in last
     _no_leftovers(tmp_path, set())
-    assert _tree_hash(bag) == before
+    assert tree_hash(bag) == before
 
 
 def test_existing_output_refused_without_force(tmp_path, small_model, demo_bag, capsys):
@@ -232,7 +219,7 @@ def test_interrupted_run_leaves_nothing_and_input_unchanged(tmp_path, small_mode
     from rgbt_seg_ros.pipeline.pipeline import SegmentationPipeline
     from rgbt_seg_ros.tools.replay import ReplaySettings, run_replay
 
-    before = _tree_hash(demo_bag)
+    before = tree_hash(demo_bag)
     backend = _FailingBackend(create_backend(small_model), 3, error)
     pipeline = SegmentationPipeline(backend, {"registration": {"mode": "identity", "aspect_tolerance": 0.5}})
     out = tmp_path / "out"
@@ -240,7 +227,7 @@ def test_interrupted_run_leaves_nothing_and_input_unchanged(tmp_path, small_mode
         run_replay(demo_bag, out, pipeline, ReplaySettings(aux_topic="/thermal/image", progress=False))
     assert backend.calls == 3
     _no_leftovers(tmp_path, set())
-    assert _tree_hash(demo_bag) == before
+    assert tree_hash(demo_bag) == before
 
 
 def test_list_topics(capsys):
@@ -372,7 +359,7 @@ def test_last_thermal_frame_is_segmented_at_the_end(tmp_path, small_model, capsy
     assert "decided at the end of the bag (no later frame to wait for): 1 segmented" in captured.out
     # Foxglove's independent reader decodes the whole output; results come in stamp order
     by_topic = {}
-    for _, channel, message, msg in _mcap_ros2(out / "out.mcap"):
+    for _, channel, message, msg in mcap_ros2(out / "out.mcap"):
         by_topic.setdefault(channel.topic, []).append((message.log_time, msg))
     labels, infos = by_topic["/rgbt_seg/labels"], by_topic["/rgbt_seg/info"]
     assert [_ns(m.header) for _, m in labels] == stamps and [_ns(m.header) for _, m in infos] == stamps
