@@ -8,7 +8,8 @@ HELP = """evaluate a model file on a dataset: per-class IoU/accuracy, mIoU, mAcc
 
 Runs every sample through the same pipeline as `rgbt-seg replay` and scores the labels at the dataset's
 resolution. MFNet and synthetic scores are also split by day/night. Writes report.md, metrics.csv,
-metrics.json and confusion_<split>.png to --out.
+metrics.json and confusion_all.png (plus confusion_day.png / confusion_night.png where scored by day
+and night) to --out.
 
 Examples:
   rgbt-seg evaluate --model models/builtin_rgbt.safetensors --dataset synthetic \\

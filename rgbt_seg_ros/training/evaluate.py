@@ -119,7 +119,9 @@ def label_agreement(backends: dict, dataset: SegmentationDataset, reference: str
 
 
 def write_report(result: EvalResult, out_dir: str | Path, title: str) -> dict[str, Path]:
-    """report.md (tables per split), metrics.csv, metrics.json and confusion_<split>.png."""
+    """report.md (tables per score group), metrics.csv, metrics.json and confusion_<group>.png.
+
+    Groups: ``all``, plus ``day`` / ``night`` where the dataset tags samples (MFNet, synthetic)."""
     import json
 
     out = Path(out_dir)
