@@ -38,7 +38,7 @@ setup(
         "opencv-python-headless>=4.8",
         "pyyaml>=6.0",
         "tqdm>=4.65",
-        "rosbags>=0.10",
+        "rosbags>=0.11",  # 0.11 reads a bare .mcap without metadata.yaml
         "safetensors>=0.4",
         "torch>=2.1",
         "torchvision>=0.16",

@@ -247,3 +247,22 @@ def test_qos_profiles_survive_the_copy(tmp_path):
     assert qos["/chatter"] == []
     assert len(qos["/tf_static"]) == 1 and qos["/tf_static"][0].durability == QosDurability.TRANSIENT_LOCAL
     assert qos["/tf_static"][0] == LATCHED_QOS
+
+
+def test_bare_mcap_file_reads_like_its_folder(tmp_path):
+    """A lone .mcap (Foxglove recording, a file copied without metadata.yaml) opens as it is; a storage file
+    inside a rosbag2 folder opens the whole folder."""
+    _need(FIXTURE)
+    folder = FIXTURE / "test_bag_mcap"
+    storage_file = next(folder.glob("*.mcap"))
+    bare = tmp_path / "lone.mcap"
+    shutil.copyfile(storage_file, bare)
+
+    def summary(path):
+        with BagReader(path) as bag:
+            return {t: (c.msgtype, c.count) for t, c in bag.topics.items()}, [
+                (m.topic, m.log_time, bytes(m.raw)) for m in bag.messages()]
+
+    expected = summary(folder)
+    assert summary(bare) == expected
+    assert summary(storage_file) == expected

@@ -121,8 +121,10 @@ class BagReader:
         if not self.path.exists():
             raise RgbtSegError(f"bag {self.path} does not exist")
         bag_path = self.path
-        if self.path.is_file() and self.path.suffix in (".mcap", ".db3"):
-            bag_path = self.path.parent  # a rosbag2 storage file given instead of its folder
+        if self.path.is_file() and self.path.suffix in (".mcap", ".db3") \
+                and (self.path.parent / "metadata.yaml").is_file():
+            bag_path = self.path.parent  # one storage file of a rosbag2 folder: read the whole bag
+        # otherwise a bare .mcap / .db3 without metadata.yaml (Foxglove, copied files) is read as it is
         try:
             reader = AnyReader([bag_path], default_typestore=get_typestore(DEFAULT_ROS2_STORE))
             reader.open()
