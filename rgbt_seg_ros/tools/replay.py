@@ -40,7 +40,8 @@ OUTPUT_IMAGES = {"labels": None, "colour": "rgb8", "confidence": "32FC1", "overl
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bag", type=Path, metavar="IN_BAG", help="rosbag2 folder (mcap or sqlite3), a bare .mcap file, or a ROS 1 .bag file")
+    parser.add_argument("bag", type=Path, metavar="IN_BAG",
+                        help="rosbag2 folder (mcap or sqlite3), a bare .mcap file, or a ROS 1 .bag file")
     parser.add_argument("--out", type=Path, metavar="OUT_BAG", help="output rosbag2 folder (required unless --list)")
     parser.add_argument("--list", action="store_true", help="list the bag's topics with types and counts, and exit")
     parser.add_argument("--model", help="model file (.safetensors or .onnx); default: the built-in model")
