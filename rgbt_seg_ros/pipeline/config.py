@@ -11,6 +11,7 @@ from rgbt_seg_ros.errors import RgbtSegError
 REGISTRATION_MODES = ("identity", "homography", "plane", "depth")
 THERMAL_AGC = ("percentile", "fixed")
 RESIZE_MODES = ("stretch", "letterbox")
+DEVICE_OPS = ("auto", "on", "off")
 
 
 def _from_dict(cls, data: Any, where: str):
@@ -160,6 +161,9 @@ class PipelineConfig:
     resize_mode: str = "stretch"  # "stretch" to the network input, or "letterbox" (keeps aspect, pads)
     overlay_alpha: float = 0.5  # weight of the label colours in the overlay image
     input_size: tuple[int, int] | None = None  # (h, w) override of the model card's input size
+    # pre-/post-processing as torch ops on the network's device (pipeline/device_ops.py): "auto" = when the
+    # backend is a TorchBackend on CUDA; "on" = whenever the backend is a TorchBackend (any device); "off" = numpy
+    device_ops: str = "auto"
 
     def __post_init__(self):
         self.registration = RegistrationConfig.from_dict(self.registration)
@@ -169,6 +173,10 @@ class PipelineConfig:
         if not 0.0 <= float(self.overlay_alpha) <= 1.0:
             raise RgbtSegError(f"overlay_alpha: must lie in [0, 1], got {self.overlay_alpha}")
         self.overlay_alpha = float(self.overlay_alpha)
+        if isinstance(self.device_ops, bool):  # YAML 1.1 reads a bare on/off as a boolean
+            self.device_ops = "on" if self.device_ops else "off"
+        if self.device_ops not in DEVICE_OPS:
+            raise RgbtSegError(f"device_ops: {self.device_ops!r} is not one of {', '.join(DEVICE_OPS)}")
         if self.input_size is not None:
             try:
                 h, w = (int(v) for v in self.input_size)

@@ -7,6 +7,12 @@ Stages (names used in ``SegmentationResult.timings``, milliseconds):
 ``preprocess_rgb`` → ``register`` (aux into the RGB grid, composed with the resize to the network input)
 → ``normalize_aux`` → ``infer`` → ``postprocess`` (labels/confidence at RGB resolution) → ``colour``
 → ``overlay`` → ``registered_aux`` (only when asked for), plus ``total``.
+
+Device path (``PipelineConfig.device_ops``, see ``device_ops.py``): with a TorchBackend on CUDA ("auto") or on
+any device ("on"), normalise, resize, registration warp, aux scaling, softmax/arg-max and the resize back run
+as torch ops on the network's device: raw images go up once, labels and confidence come down once. Same stage
+names; on CUDA each device stage ends with a synchronize so its time is its own. Otherwise (and always for
+other backends) everything runs in numpy/OpenCV and torch is never imported here.
 """
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ from rgbt_seg_ros.pipeline.camera import Extrinsics, as_camera_model
 from rgbt_seg_ros.pipeline.config import NormalizationConfig, PipelineConfig, RegistrationConfig
 from rgbt_seg_ros.pipeline.normalize import depth_to_metres, normalize_depth_metres, scale_into, value_range
 from rgbt_seg_ros.pipeline.palettes import palette_for
-from rgbt_seg_ros.pipeline.postprocess import colour_lut, colourize, logits_to_labels, overlay as blend_overlay
+from rgbt_seg_ros.pipeline.postprocess import (colour_lut, colourize, label_dtype, logits_to_labels,
+                                               overlay as blend_overlay)
 from rgbt_seg_ros.pipeline.registration import Registrar
 from rgbt_seg_ros.pipeline.resize import ResizeTransform, preprocess_rgb
 from rgbt_seg_ros.pipeline.timing import StageTimer
@@ -84,6 +91,24 @@ class SegmentationPipeline:
         self._outside_fraction = float(self._aux_mean.mean()) if self.modality == "thermal" else 0.0
         self.registrar = Registrar(self.config.registration)
         self._transforms: dict[tuple, ResizeTransform] = {}
+        self._device_ops = self._make_device_ops(backend, self.config.device_ops)
+
+    @property
+    def on_device(self) -> bool:
+        """True when pre-/post-processing run as torch ops on the backend's device (``device_ops``)."""
+        return self._device_ops is not None
+
+    def _make_device_ops(self, backend, mode: str):
+        has_tensors = callable(getattr(backend, "infer_tensors", None)) and hasattr(backend, "device")
+        if mode == "off" or (mode == "auto" and not (has_tensors and getattr(backend.device, "type", None) == "cuda")):
+            return None
+        if not has_tensors:
+            raise RgbtSegError(f"device_ops: 'on' needs the torch backend, not {getattr(backend, 'name', '?')}; "
+                               "use 'auto' or 'off'")
+        from rgbt_seg_ros.pipeline.device_ops import DeviceOps  # torch only on this path
+
+        return DeviceOps(backend.device, self._rgb_mean, self._rgb_std, self._aux_mean, self._aux_std,
+                         self.num_classes)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _transform(self, rgb_hw: tuple[int, int]) -> ResizeTransform:
@@ -100,6 +125,95 @@ class SegmentationPipeline:
         for c in range(self.aux_channels):
             scale_into(img, lo, hi, float(self._aux_mean[c]), float(self._aux_std[c]), dst=out[0, c])
         return out
+
+    def _check_aux(self, aux, rgb_camera, aux_camera, extrinsics) -> np.ndarray:
+        """Validate the aux image (→ 2-D) and set the registration geometry for this call."""
+        if not isinstance(aux, np.ndarray) or aux.ndim not in (2, 3) or aux.size == 0:
+            raise RgbtSegError(f"{self.modality} image: expected a 2-D array, got "
+                               f"{getattr(aux, 'shape', type(aux).__name__)}")
+        if aux.ndim == 3:
+            if aux.shape[2] != 1:
+                raise RgbtSegError(f"{self.modality} image: expected one channel, got {aux.shape[2]}")
+            aux = aux[:, :, 0]
+        rgb_cam = as_camera_model(rgb_camera, "rgb camera_info") if rgb_camera is not None else None
+        aux_cam = as_camera_model(aux_camera, f"{self.modality} camera_info") if aux_camera is not None else None
+        self.registrar.set_geometry(rgb_cam, aux_cam, extrinsics)
+        return aux
+
+    def _check_logits(self, shape, tf: ResizeTransform) -> None:
+        if len(shape) != 4 or tuple(shape[:2]) != (1, self.num_classes) or tuple(shape[2:]) != tf.dst_hw:
+            raise RgbtSegError(f"backend {getattr(self.backend, 'name', '?')}: returned logits of shape "
+                               f"{tuple(shape)}, expected (1, {self.num_classes}, {tf.dst_hw[0]}, {tf.dst_hw[1]})")
+
+    def _finish(self, rgb, labels, confidence, registered_full, outputs, timer, aux_used) -> SegmentationResult:
+        """Colour and overlay (on the CPU, from the labels) and the result."""
+        colour = over = None
+        if outputs & {"colour", "overlay"}:
+            with timer("colour"):
+                colour = colourize(labels, self.palette, self._lut)
+            if "overlay" in outputs:
+                with timer("overlay"):
+                    over = blend_overlay(rgb, colour, self.config.overlay_alpha)
+        timer.stop_total()
+        return SegmentationResult(
+            labels=labels if "labels" in outputs else None,
+            colour=colour if "colour" in outputs else None,
+            confidence=confidence,
+            overlay=over,
+            registered_aux=registered_full,
+            timings=timer.as_dict(),
+            aux_used=aux_used,
+        )
+
+    def _process_on_device(self, rgb, aux, aux_encoding, tf: ResizeTransform, outputs, timer) -> SegmentationResult:
+        """``process`` with the per-pixel work as torch ops on the backend's device (see ``device_ops.py``)."""
+        dev = self._device_ops
+        rgb_hw = rgb.shape[:2]
+        registered_full = None
+        aux_t = None
+        with dev.inference():
+            with timer("preprocess_rgb"):
+                rgb_t = dev.preprocess_rgb(rgb, tf)
+                dev.sync()
+            if aux is not None:
+                ncfg = self.normalization
+                if self.config.registration.mode == "depth":
+                    # z-buffer reprojection stays on the CPU; its network-size result goes up instead of the raw image
+                    with timer("register"):
+                        depth_m = depth_to_metres(aux, aux_encoding)
+                        reg_m = self.registrar.register_depth(depth_m, rgb_hw)
+                    with timer("normalize_aux"):
+                        aux_t = dev.upload(self._aux_tensor(tf.forward(reg_m, interpolation="nearest"),
+                                                            *ncfg.depth_range))
+                        dev.sync()
+                    if "registered_aux" in outputs:
+                        registered_full = normalize_depth_metres(reg_m, ncfg)[0]
+                else:
+                    with timer("normalize_aux"):  # the range on the CPU (percentile AGC: a strided subsample)
+                        lo, hi = value_range(aux, aux_encoding, self.modality, ncfg)
+                    nearest = self.modality == "depth"
+                    outside = lo + self._outside_fraction * (hi - lo)
+                    with timer("register"):
+                        grid = dev.grid(self.registrar.warp_maps(aux.shape, rgb_hw, tf), aux.shape)
+                        warped = dev.warp(aux, grid, nearest=nearest, border=outside)
+                        dev.sync()
+                    with timer("normalize_aux"):
+                        aux_t = dev.scale_aux(warped, lo, hi, is_float=aux.dtype.kind == "f")
+                        dev.sync()
+                    if "registered_aux" in outputs:
+                        with timer("registered_aux"):  # an image for people, on the CPU: 0 outside the aux view
+                            interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+                            full = self.registrar.warp(aux, rgb_hw, None, interpolation=interp, border_value=lo)
+                            registered_full = scale_into(full, lo, hi)
+            with timer("infer"):
+                logits = self.backend.infer_tensors(rgb_t, aux_t)
+                dev.sync()
+            self._check_logits(logits.shape, tf)
+            with timer("postprocess"):  # ends with the downloads, which wait for the device
+                labels, confidence = dev.postprocess(
+                    logits, tf, need_labels=bool(outputs & {"labels", "colour", "overlay"}),
+                    need_confidence="confidence" in outputs, label_dtype=label_dtype(self.num_classes))
+        return self._finish(rgb, labels, confidence, registered_full, outputs, timer, aux_t is not None)
 
     # -- main entry ---------------------------------------------------------------------------------
     def process(self, rgb: np.ndarray, aux: np.ndarray | None = None, aux_encoding: str = "mono8",
@@ -124,22 +238,17 @@ class SegmentationPipeline:
         rgb_hw = rgb.shape[:2]
         tf = self._transform(rgb_hw)
 
+        if aux is not None:
+            aux = self._check_aux(aux, rgb_camera, aux_camera, extrinsics)
+        if self._device_ops is not None:
+            return self._process_on_device(rgb, aux, aux_encoding, tf, outputs, timer)
+
         with timer("preprocess_rgb"):
             rgb_in = preprocess_rgb(rgb, tf, self._rgb_mean, self._rgb_std)
 
         aux_in = None
         registered_full = None
         if aux is not None:
-            if not isinstance(aux, np.ndarray) or aux.ndim not in (2, 3) or aux.size == 0:
-                raise RgbtSegError(f"{self.modality} image: expected a 2-D array, got "
-                                   f"{getattr(aux, 'shape', type(aux).__name__)}")
-            if aux.ndim == 3:
-                if aux.shape[2] != 1:
-                    raise RgbtSegError(f"{self.modality} image: expected one channel, got {aux.shape[2]}")
-                aux = aux[:, :, 0]
-            rgb_cam = as_camera_model(rgb_camera, "rgb camera_info") if rgb_camera is not None else None
-            aux_cam = as_camera_model(aux_camera, f"{self.modality} camera_info") if aux_camera is not None else None
-            self.registrar.set_geometry(rgb_cam, aux_cam, extrinsics)
             ncfg = self.normalization
             if self.config.registration.mode == "depth":
                 with timer("register"):
@@ -169,11 +278,9 @@ class SegmentationPipeline:
         with timer("infer"):
             logits = self.backend.infer(rgb_in, aux_in)
         logits = np.asarray(logits)
-        if logits.ndim != 4 or logits.shape[:2] != (1, self.num_classes) or logits.shape[2:] != tf.dst_hw:
-            raise RgbtSegError(f"backend {getattr(self.backend, 'name', '?')}: returned logits of shape "
-                               f"{logits.shape}, expected (1, {self.num_classes}, {tf.dst_hw[0]}, {tf.dst_hw[1]})")
+        self._check_logits(logits.shape, tf)
 
-        labels = confidence = colour = over = None
+        labels = confidence = None
         need_labels = bool(outputs & {"labels", "colour", "overlay"})
         with timer("postprocess"):
             labels_s, conf_s = logits_to_labels(logits[0], need_labels=need_labels,
@@ -183,19 +290,4 @@ class SegmentationPipeline:
             if conf_s is not None:
                 confidence = tf.inverse(conf_s, interpolation="linear")
                 cv2.min(confidence, 1.0, dst=confidence)  # bilinear weights may round a hair above 1
-        if outputs & {"colour", "overlay"}:
-            with timer("colour"):
-                colour = colourize(labels, self.palette, self._lut)
-            if "overlay" in outputs:
-                with timer("overlay"):
-                    over = blend_overlay(rgb, colour, self.config.overlay_alpha)
-        timer.stop_total()
-        return SegmentationResult(
-            labels=labels if "labels" in outputs else None,
-            colour=colour if "colour" in outputs else None,
-            confidence=confidence,
-            overlay=over,
-            registered_aux=registered_full,
-            timings=timer.as_dict(),
-            aux_used=aux_in is not None,
-        )
+        return self._finish(rgb, labels, confidence, registered_full, outputs, timer, aux_in is not None)

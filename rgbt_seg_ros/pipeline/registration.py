@@ -187,19 +187,25 @@ class Registrar:
         self.maps_built += 1
         return maps
 
+    def warp_maps(self, aux_shape: tuple[int, ...], rgb_hw: tuple[int, int], tf: ResizeTransform | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """The float32 ``cv2.remap`` maps ``warp`` uses (aux pixel coordinates per RGB or network pixel, far
+        negative outside the view), cached per geometry: the same array objects come back while it holds."""
+        if len(aux_shape) != 2 or min(aux_shape) < 2:
+            raise RgbtSegError(f"registration: aux image of shape {tuple(aux_shape)} cannot be registered")
+        if min(rgb_hw) < 2:
+            raise RgbtSegError(f"registration: RGB image of size {rgb_hw} cannot be registered")
+        if tf is not None and tuple(tf.src_hw) != tuple(rgb_hw):
+            raise RgbtSegError(f"registration: resize transform is for {tf.src_hw}, RGB image is {rgb_hw}")
+        return self._maps_for(tuple(aux_shape), tuple(rgb_hw), tf)
+
     def warp(self, aux: np.ndarray, rgb_hw: tuple[int, int], tf: ResizeTransform | None = None,
              interpolation: int = cv2.INTER_LINEAR, border_value: float = 0.0) -> np.ndarray:
         """Warp an aux image into the RGB grid (``tf=None``) or straight into the network grid of ``tf``.
 
         Pixels the aux camera does not see get ``border_value`` (clamped to the image dtype's range).
         """
-        if aux.ndim != 2 or min(aux.shape) < 2:
-            raise RgbtSegError(f"registration: aux image of shape {aux.shape} cannot be registered")
-        if min(rgb_hw) < 2:
-            raise RgbtSegError(f"registration: RGB image of size {rgb_hw} cannot be registered")
-        if tf is not None and tuple(tf.src_hw) != tuple(rgb_hw):
-            raise RgbtSegError(f"registration: resize transform is for {tf.src_hw}, RGB image is {rgb_hw}")
-        m1, m2 = self._maps_for(aux.shape[:2], tuple(rgb_hw), tf)
+        m1, m2 = self.warp_maps(aux.shape, rgb_hw, tf)
         if aux.dtype.kind in "ui":
             info = np.iinfo(aux.dtype)
             border_value = float(min(max(border_value, info.min), info.max))
