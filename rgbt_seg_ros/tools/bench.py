@@ -117,7 +117,13 @@ def machine_description(device: str) -> str:
         return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
     import os
 
-    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}, torch {torch.__version__}"
+    name = platform.processor() or platform.machine()
+    try:  # Linux: the CPU's marketing name, which platform.processor() leaves empty
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {name}, {os.cpu_count()} logical cores, torch {torch.__version__}"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,0 +1,37 @@
+"""rgbt-seg bench: it measures what it says (figures come from real runs, tables match the JSON)."""
+import json
+
+import pytest
+
+from rgbt_seg_ros.cli import main as cli
+from rgbt_seg_ros.networks.complexity import network_complexity
+
+
+@pytest.mark.slow
+def test_bench_network_rows_and_pipeline(tmp_path):
+    js, md = tmp_path / "b.json", tmp_path / "b.md"
+    assert cli(["bench", "--networks", "fusion_baseline", "--size", "160x128", "--iters", "3", "--warmup", "1",
+                "--pipeline", "--agreement", "2", "--json", str(js), "--markdown", str(md)]) == 0
+    report = json.loads(js.read_text())
+    rows = report["networks"]
+    assert [(r["network"], r["variant"]) for r in rows] == [("fusion_baseline", "mobilenetv3_small_100")] * 2
+    assert {r["backend"].split("-")[0] for r in rows} == {"torch", "onnxruntime"}
+    params_m, _ = network_complexity("fusion_baseline", "mobilenetv3_small_100", h=128, w=160, num_classes=9)
+    for r in rows:
+        assert r["size"] == "160x128" and r["n"] == 3
+        assert r["params_M"] == pytest.approx(params_m)
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["fps"] == pytest.approx(1000 / r["mean_ms"])
+    p = report["pipeline"]
+    assert p["stages"]["total"]["n"] == 3 and p["end_to_end"]["p50"] >= p["stages"]["infer"]["p50"]
+    assert 0 < p["overhead_share"] < 1
+    agree = report["agreement"]["agreement"]
+    assert agree and all(0.99 <= v <= 1.0 for v in agree.values())
+    text = md.read_text()
+    assert f"{rows[0]['p50_ms']:.1f}" in text and "End to end" in text and "Label agreement" in text
+
+
+def test_bench_rejects_bad_size_and_backend(capsys):
+    assert cli(["bench", "--size", "640by480"]) == 2
+    assert "--size" in capsys.readouterr().err
+    assert cli(["bench", "--backends", "tensorrt"]) == 2
+    assert "--backends" in capsys.readouterr().err
