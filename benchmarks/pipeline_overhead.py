@@ -15,12 +15,7 @@ real 848×480 OpenLORIS frames in ../shared/data when present, else on a synthet
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/pipeline_overhead.py [--iters 200] [--breakdown] [--depth]
 
-Measured 2026-11-22 on the shared 2-core AMD EPYC development machine, ``--iters 200``, all four outputs:
-thread CPU median 8.9–9.3 ms (p95 9.5–10.3 ms) at load average 2, 10.6–12.8 ms (p95 13.3–15.0 ms) in runs at load average 3;
-the issue's 5 ms target is not met. The building blocks alone (``--breakdown``) sum to about 8 ms — labels +
-confidence 2.9–3.1 (nine float32 ``exp`` planes are 1.2 of it), preprocess_rgb 1.1–1.4, thermal warp 1.0,
-colour 1.0, overlay 0.7, the two upsamplings 0.75 — and each is one or a few OpenCV passes already.
-register_depth (``--depth``, OpenLORIS 848×480, hole_fill 1): thread CPU median 3.6–3.8 ms at load average 2.
+Measured figures, with the load they were taken under: BENCHMARKS.md.
 """
 from __future__ import annotations
 

@@ -43,11 +43,13 @@ def main() -> int:
     ap.add_argument("--size", default="640x480", help="camera image WxH fed to the pipeline (default 640x480)")
     ap.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
                     help="onnxruntime exports the model to a temporary .onnx first")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     ap.add_argument("--out", type=Path, default=Path("soak"), help="output prefix for .json and .png")
     args = ap.parse_args()
 
     model = args.model or builtin_model_path()
-    backend = create_backend(model)
+    backend = create_backend(model, device=args.device, precision=args.precision)
     if args.backend == "onnxruntime" and model.suffix != ".onnx":
         import tempfile
 
@@ -56,7 +58,8 @@ def main() -> int:
         from rgbt_seg_ros.inference.onnx_backend import OnnxBackend
 
         tmp = tempfile.TemporaryDirectory()
-        backend = OnnxBackend(export_onnx(*load_model(model), f"{tmp.name}/model.onnx").path)
+        backend = OnnxBackend(export_onnx(*load_model(model), f"{tmp.name}/model.onnx").path, device=args.device,
+                              precision="fp16" if args.precision == "fp16" else "fp32")
     w, h = (int(v) for v in args.size.lower().split("x"))
     pipe = SegmentationPipeline(backend, {"registration": {"mode": "identity"}})
     gen = SceneGenerator(seed=7)
