@@ -19,6 +19,9 @@ PAPER_NANO_PARAMS_M = 35.43
 # Measured with timm 1.0.31 (count_parameters; GMACs = FlopCounterMode FLOPs / 2, eval forward, 1×640×480).
 MEASURED_NANO_PARAMS = 35_609_304  # num_classes = 9
 MEASURED_NANO_GMACS = 50.747
+# zepto: the CPU/test variant (ConvNeXt V2 atto at reduced dims/depths, not in the paper), num_classes = 9.
+MEASURED_ZEPTO_PARAMS = 1_806_458
+MEASURED_ZEPTO_GMACS = 2.798
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +32,8 @@ def atto():
 
 def test_registry_entry():
     spec = get_network_spec("freqfusion")
-    assert spec.smallest_variant == "atto"
-    assert {"atto", "nano", "tiny", "base"} <= set(spec.variants)
+    assert spec.smallest_variant == "zepto"
+    assert {"zepto", "atto", "nano", "tiny", "base"} <= set(spec.variants)
     assert spec.paper_figures["nano"] == (35.43, None)
 
 
@@ -41,8 +44,26 @@ def test_nano_params_match_paper_and_pin_gmacs():
     assert gmacs == pytest.approx(MEASURED_NANO_GMACS, rel=0.01)
 
 
+def test_zepto_is_the_smallest_and_pins_params_and_gmacs():
+    params_m, gmacs = network_complexity("freqfusion", "zepto", h=480, w=640)
+    assert params_m * 1e6 == pytest.approx(MEASURED_ZEPTO_PARAMS, rel=1e-4)
+    assert gmacs == pytest.approx(MEASURED_ZEPTO_GMACS, rel=0.01)
+    atto_params_m, atto_gmacs = network_complexity("freqfusion", "atto", h=480, w=640)
+    assert params_m < 0.25 * atto_params_m and gmacs < 0.25 * atto_gmacs
+    with torch.device("meta"):
+        net = create_network("freqfusion", 9, variant="zepto")
+    blocks = [sum(type(m).__name__ == "ConvNeXtBlock" for m in stage.modules()) for stage in net.rgb_stages]
+    assert blocks == [1, 1, 3, 1]
+    assert net.config.decoder_dim == 32
+
+
+def test_zepto_has_no_pretrained_weights():
+    with pytest.raises(RgbtSegError, match="zepto"):
+        create_network("freqfusion", 4, variant="zepto", pretrained=True)
+
+
 def test_variants_use_convnextv2_widths_and_one_channel_thermal_stem():
-    widths = {"atto": (40, 80, 160, 320), "nano": (80, 160, 320, 640), "tiny": (96, 192, 384, 768),
+    widths = {"zepto": (24, 48, 96, 192), "atto": (40, 80, 160, 320), "nano": (80, 160, 320, 640), "tiny": (96, 192, 384, 768),
               "base": (128, 256, 512, 1024)}
     for variant, chans in widths.items():
         with torch.device("meta"):
