@@ -20,6 +20,9 @@ PAPER = {"mafs": (128.69, 324.22), "mafs_s": (128.41, 221.08)}
 # image) for mafs, forward for mafs_s. Params are +0.2 % off the paper; GMACs -2.5 % (mafs) and +5.2 % (mafs_s).
 # mafs - mafs_s is the full-resolution fusion branch: 0.275 M params / 83.4 GMACs (paper: 0.28 M / 103 G).
 MEASURED = {"mafs": (128_983_559, 316.13), "mafs_s": (128_704_742, 232.68)}
+# The smallest variant ``tiny`` (half-width resnet10t, not in the paper), measured the same way: 2.75 M /
+# 12.42 GMACs (mafs), 2.73 M / 8.03 GMACs (mafs_s); the fusion branch is 0.015 M / 4.4 GMACs of it.
+MEASURED_TINY = {"mafs": (2_749_327, 12.42), "mafs_s": (2_734_482, 8.03)}
 
 
 def _full_graph_gmacs(net) -> float:
@@ -33,16 +36,41 @@ def _full_graph_gmacs(net) -> float:
 @pytest.fixture(scope="module")
 def small_pair():
     torch.manual_seed(0)
-    full = create_network("mafs", 5, variant="resnet18")
-    seg = create_network("mafs_s", 5, variant="resnet18")
+    full = create_network("mafs", 5, variant="tiny")
+    seg = create_network("mafs_s", 5, variant="tiny")
     return full, seg
 
 
 def test_registry_entries():
     for name, figures in PAPER.items():
         spec = get_network_spec(name)
-        assert spec.default_variant == "resnet152" and spec.smallest_variant == "resnet18"
+        assert spec.default_variant == "resnet152" and spec.smallest_variant == "tiny"
+        assert "resnet18" in spec.variants
         assert spec.paper_figures == {"resnet152": figures}
+
+
+def test_tiny_size_pins():
+    for name, (params_pin, gmacs_pin) in MEASURED_TINY.items():
+        with torch.device("meta"):
+            net = create_network(name, 9, variant="tiny").eval()
+        params, gmacs = count_parameters(net), _full_graph_gmacs(net)
+        assert params == pytest.approx(params_pin, rel=1e-4), (name, params)
+        assert gmacs == pytest.approx(gmacs_pin, rel=0.01), (name, gmacs)
+        assert network_complexity(name, "tiny") == pytest.approx((params / 1e6, gmacs), rel=1e-9)
+
+
+def test_tiny_variant_tiered_stem_and_no_imagenet_weights():
+    with torch.device("meta"):
+        net = create_network("mafs_s", 9, variant="tiny")
+    # resnet10t: the whole tiered 3-conv stem is replaced by the shallow extractor; /2 width = stem width 32.
+    for stages in (net.stages_rgb, net.stages_aux):
+        assert not any(isinstance(m, torch.nn.Conv2d) for m in stages[0].modules())
+        assert stages[0][0].num_features == 32
+    assert net.shallow_dim == 32 and net.shallow_rgb.down[-1].out_channels == 32
+    assert net.stages_rgb[4][-1][-1].conv2.out_channels == 256
+    for name in PAPER:
+        with pytest.raises(RgbtSegError, match="'tiny'.*ImageNet"):
+            create_network(name, 9, variant="tiny", pretrained=True)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ after dropping exactly those keys.
 Data flow (strides relative to the input; the input is padded to a multiple of 32 and cropped back):
 
 1. shallow feature extraction per modality (7×7 + 3×3 at full resolution, FReLU; 3×3 stride-2 pair → /2),
-   replacing the ResNet 7×7 stem convolution; the ResNet stem's BN/ReLU, max-pool and 4 stages follow;
+   replacing the ResNet stem convolution(s); the ResNet stem's BN/ReLU, max-pool and 4 stages follow;
 2. a dynamic extraction module (DEM) after the stem and after stages 1–3: a channel gate computed from both
    modalities plus a per-modality spatial gate decide how much of the other modality each stream takes in;
 3. adaptive fusion (AFM) of the shallow features (/2 for segmentation; full resolution for the fusion branch);
@@ -30,6 +30,13 @@ Data flow (strides relative to the input; the input is padded to a multiple of 3
 7. fusion decoder (``mafs`` only): densely connected invertible units (affine coupling, Eq. 6–7: the channels
    are split, one half is scaled by exp(s(·)) and shifted by t(·) of the other half, then the roles swap),
    a 1×1 aggregation of all unit outputs, 3×3 conv → tanh → grayscale fused image.
+
+Variants (backbone streams; the non-backbone widths shrink with them, see :data:`VARIANTS`): ``resnet152``
+(paper, default), ``resnet101``, ``resnet50``, ``resnet18`` and ``tiny`` (the smallest: timm's tiered-stem
+``resnet10t`` at half width, stem 32 and stages 32/64/128/256, no ImageNet weights). ``tiny`` is not the
+paper's network; it exists for CPU tests and CPU training. The /2 shallow width is the backbone's stem width
+(``feature_info``), and the shallow extractor replaces the whole stem convolution — the single 7×7 conv, or the
+three 3×3 convs of a deep/tiered stem.
 
 Complexity of the paper variant (``resnet152``) at 640×480, MACs = ``FlopCounterMode`` FLOPs / 2, pinned in
 ``test/test_net_mafs.py``: mafs 128.98 M params / 316.1 GMACs (paper 128.69 M / 324.22 G); mafs_s 128.70 M /
@@ -56,8 +63,12 @@ PAPER = ("MAFS: multi-task adaptive fusion network for infrared-visible image fu
 
 @dataclass(frozen=True)
 class MAFSConfig:
+    """Widths of one variant. The /2 shallow width is not configured: it is the backbone's stem width
+    (``feature_info.channels()[0]``), since the stem's BN/ReLU follow the shallow extractor."""
+
     backbone: str
-    shallow_dim: int = 64      # /2 shallow features (= ResNet stem width)
+    # Extra timm ResNet kwargs, e.g. narrower stages; a variant with any has no ImageNet weights.
+    backbone_kwargs: tuple[tuple[str, object], ...] = ()
     full_dim: int = 32         # full-resolution shallow features per modality
     half_fused_dim: int = 64   # AFM output at /2 (feeds the head and the fusion branch's semantic guide)
     deep_dim: int = 256        # CMA output width per level (/4 … /32)
@@ -77,10 +88,16 @@ VARIANTS: dict[str, MAFSConfig] = {
     "resnet152": MAFSConfig("resnet152"),
     "resnet101": MAFSConfig("resnet101"),
     "resnet50": MAFSConfig("resnet50", deep_dim=128, fpn_dim=128, trans_dims=(128, 96, 64), trans_heads=(2, 2, 1)),
-    # Smallest: narrow everywhere outside the backbones so the CPU learning test stays quick.
+    # Narrow everywhere outside the backbones: the smallest variant with ImageNet weights.
     "resnet18": MAFSConfig("resnet18", full_dim=16, half_fused_dim=32, deep_dim=32, fpn_dim=32, aspp_rates=(1, 2, 3),
                            trans_dims=(32, 32, 32), trans_heads=(1, 1, 1), head_dim=32, dem_reduction=8, fuse_dim=16,
                            inv_units=2, inv_growth=8),
+    # Not in the paper, no ImageNet weights: timm's tiered-stem ResNet-10 at half width (stem 32, stages
+    # 32/64/128/256); shallow, head and fusion-branch widths half those of resnet18. For CPU tests / training.
+    "tiny": MAFSConfig("resnet10t", backbone_kwargs=(("channels", (32, 64, 128, 256)), ("stem_width", 16)),
+                       full_dim=8, half_fused_dim=16, deep_dim=32, fpn_dim=32, aspp_rates=(1, 2, 3),
+                       trans_dims=(32, 32, 16), trans_heads=(1, 1, 1), head_dim=16, dem_reduction=8, fuse_dim=8,
+                       inv_units=2, inv_growth=8),
 }
 
 
@@ -405,13 +422,14 @@ class MAFS(SegmentationNet):
     def __init__(self, cfg: MAFSConfig, num_classes: int, aux_channels: int, pretrained: bool, with_fusion: bool):
         super().__init__(num_classes, aux_channels)
         self.cfg, self.with_fusion = cfg, with_fusion
-        sd, hf = cfg.shallow_dim, cfg.half_fused_dim
+        stages_rgb, chans = self._stages(cfg, pretrained)
+        stages_aux, _ = self._stages(cfg, pretrained)
+        # /2 shallow width = the stem's output width (64 for the plain ResNets, 2 × stem_width for deep stems).
+        self.shallow_dim = sd = chans[0]
+        hf = cfg.half_fused_dim
         self.shallow_rgb = ShallowExtractor(3, sd, cfg.full_dim)
         self.shallow_aux = ShallowExtractor(aux_channels, sd, cfg.full_dim)
-        self.stages_rgb, chans = self._stages(cfg.backbone, pretrained)
-        self.stages_aux, _ = self._stages(cfg.backbone, pretrained)
-        if chans[0] != sd:
-            raise ValueError(f"backbone {cfg.backbone} stem width {chans[0]} != shallow_dim {sd}")
+        self.stages_rgb, self.stages_aux = stages_rgb, stages_aux
         # DEM after the stem and stages 1–3 (the deepest stage goes straight to CMA).
         self.dem = nn.ModuleList(DynamicExtraction(c, cfg.dem_reduction) for c in chans[:4])
         self.afm_half = AdaptiveFusion(sd, hf)
@@ -429,11 +447,17 @@ class MAFS(SegmentationNet):
         self.fusion_branch = FusionBranch(cfg.full_dim, hf, cfg) if with_fusion else None
 
     @staticmethod
-    def _stages(name: str, pretrained: bool) -> tuple[nn.ModuleList, list[int]]:
-        features = create_backbone(name, 3, pretrained, (0, 1, 2, 3, 4))
+    def _stages(cfg: MAFSConfig, pretrained: bool) -> tuple[nn.ModuleList, list[int]]:
+        features = create_backbone(cfg.backbone, 3, pretrained, (0, 1, 2, 3, 4), **dict(cfg.backbone_kwargs))
         stages = backbone_stages(features)
-        # The shallow extractor replaces the 7×7 stem conv; keep the stem's BN + ReLU.
-        stages[0] = nn.Sequential(*list(stages[0].children())[1:])
+        # The shallow extractor replaces the stem convolution(s) — timm's ``conv1``: one 7×7 conv, or for the
+        # deep / tiered stems (resnet10t, ResNet-D) a Sequential of three 3×3 convs — and keeps the stem's
+        # BN + ReLU, which must then be all that is left of stage 0.
+        stem_conv, *rest = stages[0].children()
+        if (not any(isinstance(m, nn.Conv2d) for m in stem_conv.modules())
+                or any(isinstance(m, nn.Conv2d) for r in rest for m in r.modules())):
+            raise ValueError(f"backbone {cfg.backbone}: unexpected stem layout {stages[0]}")
+        stages[0] = nn.Sequential(*rest)
         return stages, features.feature_info.channels()
 
     # -- core ---------------------------------------------------------------------------------------------
@@ -505,24 +529,27 @@ class MAFS(SegmentationNet):
         self.load_state_dict(state_dict, strict=True)
 
 
-def _check_variant(variant: str) -> MAFSConfig:
+def _check_variant(variant: str, pretrained: bool) -> MAFSConfig:
     try:
-        return VARIANTS[variant]
+        cfg = VARIANTS[variant]
     except KeyError:
         raise RgbtSegError(f"mafs variant {variant!r} unknown; variants: {', '.join(VARIANTS)}") from None
+    if pretrained and cfg.backbone_kwargs:
+        raise RgbtSegError(f"mafs variant {variant!r} has no ImageNet weights; use pretrained=False")
+    return cfg
 
 
-@register_network("mafs", variants=tuple(VARIANTS), default_variant="resnet152", smallest_variant="resnet18",
+@register_network("mafs", variants=tuple(VARIANTS), default_variant="resnet152", smallest_variant="tiny",
                   description="MAFS full multi-task graph: dual ResNet, DEM, AFM, CMA, PHF, FPN→ASPP→inverted-"
                               "pyramid transformer, multilabel heads, invertible fusion decoder (fused image)",
                   paper=PAPER, paper_figures={"resnet152": (128.69, 324.22)})
 def build_mafs(num_classes: int, modality: str, variant: str, pretrained: bool, aux_channels: int) -> MAFS:
-    return MAFS(_check_variant(variant), num_classes, aux_channels, pretrained, with_fusion=True)
+    return MAFS(_check_variant(variant, pretrained), num_classes, aux_channels, pretrained, with_fusion=True)
 
 
-@register_network("mafs_s", variants=tuple(VARIANTS), default_variant="resnet152", smallest_variant="resnet18",
+@register_network("mafs_s", variants=tuple(VARIANTS), default_variant="resnet152", smallest_variant="tiny",
                   description="MAFS segmentation-only inference graph (mafs without the fusion decoder; exported "
                               "for the node); loads mafs checkpoints via load_full_state_dict",
                   paper=PAPER, paper_figures={"resnet152": (128.41, 221.08)})
 def build_mafs_s(num_classes: int, modality: str, variant: str, pretrained: bool, aux_channels: int) -> MAFS:
-    return MAFS(_check_variant(variant), num_classes, aux_channels, pretrained, with_fusion=False)
+    return MAFS(_check_variant(variant, pretrained), num_classes, aux_channels, pretrained, with_fusion=False)
