@@ -45,6 +45,7 @@ def test_every_parameter_has_a_description_and_a_sane_default():
     ({"extrinsics_file": "/nope/camchain.yaml#cam0,cam1"}, "parameter extrinsics_file: /nope/camchain.yaml does not exist"),
     ({"frame_rate": 30}, "parameter frame_rate: unknown parameter"),
     ({"overlay": "yes"}, "parameter overlay: expected true or false"),
+    ({"device_ops": "gpu"}, "parameter device_ops: 'gpu' is not one of auto, on, off"),
 ])
 def test_bad_values_give_one_line_naming_the_parameter(values, fragment):
     with pytest.raises(RgbtSegError) as err:
@@ -89,8 +90,10 @@ def test_pipeline_config_accepts_the_node_parameters():
 
     cfg = validate_params({"registration": "homography", "homography": [1.0, 0, 5, 0, 1, -2, 0, 0, 1],
                            "input_height": 320, "input_width": 640, "thermal_normalisation": "fixed",
-                           "thermal_range": [1000.0, 9000.0], "overlay_alpha": 0.3, "resize_mode": "letterbox"})
+                           "thermal_range": [1000.0, 9000.0], "overlay_alpha": 0.3, "resize_mode": "letterbox",
+                           "device_ops": "off"})
     pc = PipelineConfig.from_dict(pipeline_config_dict(cfg))
+    assert pc.device_ops == "off"
     assert pc.registration.mode == "homography" and pc.registration.homography[0][2] == 5.0
     assert pc.input_size == (320, 640) and pc.overlay_alpha == 0.3 and pc.resize_mode == "letterbox"
     assert pc.normalization.thermal_agc == "fixed" and pc.normalization.thermal_range == (1000.0, 9000.0)

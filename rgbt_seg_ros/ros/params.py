@@ -46,6 +46,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("backend", "string", "auto", "Inference backend", choices=BACKENDS),
     ParamSpec("device", "string", "cpu", "Torch/onnxruntime device: cpu, cuda or cuda:N"),
     ParamSpec("precision", "string", "fp32", "Network precision", choices=PRECISIONS),
+    ParamSpec("device_ops", "string", "auto", "Pre-/post-processing as torch ops on the network's device: "
+              "auto = when the torch backend runs on CUDA, on, off (numpy/OpenCV on the CPU); "
+              "quote on/off in YAML",
+              choices=("auto", "on", "off")),
     ParamSpec("modality", "string", "auto", "Second camera: thermal or depth (subscribes thermal/image or "
               "depth/image); auto = the model card's modality", choices=MODALITIES),
     ParamSpec("input_height", "integer", 0, "Network input height in pixels; 0 = the model card's", (0, MAX_INPUT_SIDE)),
@@ -101,6 +105,7 @@ class NodeConfig:
     backend: str
     device: str
     precision: str
+    device_ops: str
     modality: str
     input_size: tuple[int, int] | None  # (h, w); None = card's
     registration: str
@@ -190,7 +195,8 @@ def validate_params(values: dict[str, Any]) -> NodeConfig:
         raise RgbtSegError(f"parameter thermal_percentiles: [{lo}, {hi}] must lie within [0, 100]")
     return NodeConfig(
         model_file=str(Path(v["model_file"]).expanduser()) if v["model_file"] else "",
-        backend=v["backend"], device=dev, precision=v["precision"], modality=v["modality"],
+        backend=v["backend"], device=dev, precision=v["precision"], device_ops=v["device_ops"],
+        modality=v["modality"],
         input_size=(h, w) if h else None, registration=v["registration"], homography=v["homography"],
         extrinsic_rotation=v["extrinsic_rotation"], extrinsic_translation=v["extrinsic_translation"],
         extrinsics_file=v["extrinsics_file"],
@@ -276,4 +282,5 @@ def pipeline_config_dict(cfg: NodeConfig) -> dict:
         "resize_mode": cfg.resize_mode,
         "overlay_alpha": cfg.overlay_alpha,
         "input_size": list(cfg.input_size) if cfg.input_size else None,
+        "device_ops": cfg.device_ops,
     }
