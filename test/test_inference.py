@@ -168,3 +168,19 @@ def test_save_model_file_mode_follows_the_umask_like_open(tmp_path, umask):
     assert mode == stat.S_IMODE(os.stat(tmp_path / "reference").st_mode) == 0o666 & ~umask
     assert not (tmp_path / "m.safetensors.partial").exists()
     assert read_card(path) == _card()
+
+
+@pytest.mark.slow  # torch.compile builds its kernels on the first call: tens of seconds on 2 cores
+def test_torch_compile_mode_matches_eager():
+    torch.manual_seed(0)
+    net = create_network("fusion_baseline", 3, variant="mobilenetv3_small_100").eval()
+    card = ModelCard(network="fusion_baseline", variant="mobilenetv3_small_100", num_classes=3,
+                     class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, input_size=(64, 96))
+    rgb = np.random.default_rng(0).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    aux = np.random.default_rng(1).standard_normal((1, 1, 64, 96)).astype(np.float32)
+    eager = TorchBackend(net, card).infer(rgb, aux)
+    compiled = TorchBackend(net, card, compile_mode="default")
+    assert compiled.name == "torch-cpu-fp32-default"
+    np.testing.assert_allclose(compiled.infer(rgb, aux), eager, atol=1e-4)
+    with pytest.raises(RgbtSegError, match="compile_mode"):
+        TorchBackend(net, card, compile_mode="max")

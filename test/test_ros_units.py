@@ -46,6 +46,7 @@ def test_every_parameter_has_a_description_and_a_sane_default():
     ({"frame_rate": 30}, "parameter frame_rate: unknown parameter"),
     ({"overlay": "yes"}, "parameter overlay: expected true or false"),
     ({"device_ops": "gpu"}, "parameter device_ops: 'gpu' is not one of auto, on, off"),
+    ({"compile_mode": "max"}, "parameter compile_mode: 'max' is not one of off, default, reduce-overhead"),
 ])
 def test_bad_values_give_one_line_naming_the_parameter(values, fragment):
     with pytest.raises(RgbtSegError) as err:

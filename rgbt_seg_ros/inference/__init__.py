@@ -24,8 +24,10 @@ def builtin_model_path() -> Path:
 
 
 def create_backend(model: str | Path | None = None, backend: str = "auto", device: str = "cpu",
-                   precision: str = "fp32") -> Backend:
-    """Load a model file (.safetensors or .onnx) into a backend. ``model=None`` means the built-in model."""
+                   precision: str = "fp32", compile_mode: str = "off") -> Backend:
+    """Load a model file (.safetensors or .onnx) into a backend. ``model=None`` means the built-in model.
+
+    ``compile_mode`` applies to the torch backend only (see ``TorchBackend``)."""
     if backend not in BACKENDS:
         raise RgbtSegError(f"parameter backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = Path(model) if model is not None else builtin_model_path()
@@ -38,7 +40,7 @@ def create_backend(model: str | Path | None = None, backend: str = "auto", devic
     from rgbt_seg_ros.inference.torch_backend import TorchBackend
 
     network, card = load_model(path)
-    return TorchBackend(network, card, device=device, precision=precision)
+    return TorchBackend(network, card, device=device, precision=precision, compile_mode=compile_mode)
 
 
 __all__ = ["BACKENDS", "Backend", "ModelCard", "ModelFileError", "builtin_model_path", "create_backend",

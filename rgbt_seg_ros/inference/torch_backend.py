@@ -4,7 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.inference.artifact import ModelCard
+
+COMPILE_MODES = ("off", "default", "reduce-overhead")
 
 
 class TorchBackend:
@@ -13,12 +16,19 @@ class TorchBackend:
 
     ``channels_last``: run the network in NHWC memory format (faster convolutions on GPUs); default on for CUDA,
     off elsewhere. Results are the same up to floating-point reassociation.
+
+    ``compile_mode``: ``"off"`` (eager), ``"default"`` (``torch.compile``: fused kernels; the first call of each
+    input shape compiles, which takes tens of seconds) or ``"reduce-overhead"`` (``torch.compile`` with CUDA
+    graphs on a GPU, which removes per-kernel launch cost; on a CPU it is the same as ``"default"``). Opt-in:
+    whether it pays depends on the network and the device; measure with ``rgbt-seg bench --compile-mode``.
     """
 
     def __init__(self, network: torch.nn.Module, card: ModelCard, device: str = "cpu", precision: str = "fp32",
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, compile_mode: str = "off"):
         if precision not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+            raise RgbtSegError(f"parameter precision: must be fp32, fp16 or bf16, got {precision!r}")
+        if compile_mode not in COMPILE_MODES:
+            raise RgbtSegError(f"parameter compile_mode: {compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
         self.card = card
         self.device = torch.device(device)
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -27,7 +37,11 @@ class TorchBackend:
         self.network = network.to(self.device).eval()
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
-        self.name = f"torch-{self.device.type}-{precision}"
+        self.compile_mode = compile_mode
+        # the compiled wrapper shares the parameters of self.network; dynamic=False: one input size per node
+        self._forward = (self.network if compile_mode == "off"
+                         else torch.compile(self.network, mode=compile_mode, dynamic=False))
+        self.name = f"torch-{self.device.type}-{precision}" + ("" if compile_mode == "off" else f"-{compile_mode}")
 
     @torch.inference_mode()
     def infer(self, rgb: np.ndarray, aux: np.ndarray | None) -> np.ndarray:
@@ -46,4 +60,4 @@ class TorchBackend:
             rgb = rgb.contiguous(memory_format=self._memory_format)
             aux = aux.contiguous(memory_format=self._memory_format)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            return self.network(rgb, aux)
+            return self._forward(rgb, aux)

@@ -85,7 +85,7 @@ class RgbtSegNode(Node):
         check_device(self.cfg)
         try:
             self.backend = create_backend(self.cfg.model_file or None, self.cfg.backend, self.cfg.device,
-                                          self.cfg.precision)
+                                          self.cfg.precision, compile_mode=self.cfg.compile_mode)
         except RgbtSegError as exc:
             text = str(exc)
             raise RgbtSegError(text if text.startswith("parameter ") else f"parameter model_file: {text}") from None

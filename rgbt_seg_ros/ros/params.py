@@ -46,6 +46,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("backend", "string", "auto", "Inference backend", choices=BACKENDS),
     ParamSpec("device", "string", "cpu", "Torch/onnxruntime device: cpu, cuda or cuda:N"),
     ParamSpec("precision", "string", "fp32", "Network precision", choices=PRECISIONS),
+    ParamSpec("compile_mode", "string", "off", "torch backend: torch.compile mode; reduce-overhead adds CUDA "
+              "graphs on a GPU. The first frame then waits for the compilation (tens of seconds)",
+              choices=("off", "default", "reduce-overhead")),
     ParamSpec("device_ops", "string", "auto", "Pre-/post-processing as torch ops on the network's device: "
               "auto = when the torch backend runs on CUDA, on, off (numpy/OpenCV on the CPU); "
               "quote on/off in YAML",
@@ -105,6 +108,7 @@ class NodeConfig:
     backend: str
     device: str
     precision: str
+    compile_mode: str
     device_ops: str
     modality: str
     input_size: tuple[int, int] | None  # (h, w); None = card's
@@ -195,7 +199,8 @@ def validate_params(values: dict[str, Any]) -> NodeConfig:
         raise RgbtSegError(f"parameter thermal_percentiles: [{lo}, {hi}] must lie within [0, 100]")
     return NodeConfig(
         model_file=str(Path(v["model_file"]).expanduser()) if v["model_file"] else "",
-        backend=v["backend"], device=dev, precision=v["precision"], device_ops=v["device_ops"],
+        backend=v["backend"], device=dev, precision=v["precision"], compile_mode=v["compile_mode"],
+        device_ops=v["device_ops"],
         modality=v["modality"],
         input_size=(h, w) if h else None, registration=v["registration"], homography=v["homography"],
         extrinsic_rotation=v["extrinsic_rotation"], extrinsic_translation=v["extrinsic_translation"],

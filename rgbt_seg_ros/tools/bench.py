@@ -23,6 +23,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", default="torch,onnxruntime", help="comma-separated: torch, onnxruntime")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--compile-mode", default="off", choices=("off", "default", "reduce-overhead"),
+                        help="torch backend: torch.compile mode (reduce-overhead = CUDA graphs on a GPU); the "
+                             "compilation itself happens in the warm-up calls and is not timed")
     parser.add_argument("--size", default="640x480", help="network input WxH (default 640x480)")
     parser.add_argument("--num-classes", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=3)
@@ -86,7 +89,8 @@ def bench_network(name: str, variant: str, backends: list[str], args, h: int, w:
     rows = []
     for backend_name in backends:
         if backend_name == "torch":
-            backend = TorchBackend(net, card, device=args.device, precision=args.precision)
+            backend = TorchBackend(net, card, device=args.device, precision=args.precision,
+                                   compile_mode=args.compile_mode)
         else:
             from rgbt_seg_ros.inference.export import export_onnx
             from rgbt_seg_ros.inference.onnx_backend import OnnxBackend
@@ -220,7 +224,7 @@ def bench_pipeline(args) -> dict:
     from rgbt_seg_ros.pipeline import CameraModel, Extrinsics, LatencyStats, SegmentationPipeline
 
     model = args.model or builtin_model_path()
-    backend = create_backend(model, device=args.device, precision=args.precision)
+    backend = create_backend(model, device=args.device, precision=args.precision, compile_mode=args.compile_mode)
     if args.pipeline_backend == "onnxruntime" and model.suffix != ".onnx":
         from rgbt_seg_ros.inference.artifact import load_model
         from rgbt_seg_ros.inference.export import export_onnx
