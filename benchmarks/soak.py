@@ -49,17 +49,16 @@ def main() -> int:
     args = ap.parse_args()
 
     model = args.model or builtin_model_path()
-    backend = create_backend(model, device=args.device, precision=args.precision)
     if args.backend == "onnxruntime" and model.suffix != ".onnx":
         import tempfile
 
         from rgbt_seg_ros.inference.artifact import load_model
-        from rgbt_seg_ros.inference.export import export_onnx
-        from rgbt_seg_ros.inference.onnx_backend import OnnxBackend
+        from rgbt_seg_ros.inference.export import exported_backend
 
-        tmp = tempfile.TemporaryDirectory()
-        backend = OnnxBackend(export_onnx(*load_model(model), f"{tmp.name}/model.onnx").path, device=args.device,
-                              precision="fp16" if args.precision == "fp16" else "fp32")
+        tmp = tempfile.TemporaryDirectory()  # lives as long as the run (TensorRT caches beside the file)
+        backend = exported_backend(*load_model(model), tmp.name, args.device, args.precision)
+    else:
+        backend = create_backend(model, device=args.device, precision=args.precision)
     w, h = (int(v) for v in args.size.lower().split("x"))
     pipe = SegmentationPipeline(backend, {"registration": {"mode": "identity"}})
     gen = SceneGenerator(seed=7)

@@ -98,3 +98,17 @@ def export_onnx(network: torch.nn.Module, card: ModelCard, path: str | Path, ops
     tmp.write_bytes(model_bytes)
     tmp.replace(path)
     return ExportReport(path, opset, dynamic, worst, tuple(sizes), inputs)
+
+
+def exported_backend(network: torch.nn.Module, card: ModelCard, folder: str | Path, device: str = "cpu",
+                     precision: str = "fp32", threads: int = 0, **export_kwargs):
+    """Export ``network`` to ``folder``/model.onnx (parity-checked) and open it with onnxruntime.
+
+    For benchmarks that compare backends on one torch network. ``folder`` must outlive the backend on a GPU
+    (TensorRT keeps its engine cache beside the file). onnxruntime runs fp16 only through TensorRT; any
+    other precision runs fp32.
+    """
+    from rgbt_seg_ros.inference.onnx_backend import OnnxBackend
+
+    path = export_onnx(network, card, Path(folder) / "model.onnx", **export_kwargs).path
+    return OnnxBackend(path, device=device, precision="fp16" if precision == "fp16" else "fp32", threads=threads)

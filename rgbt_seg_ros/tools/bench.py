@@ -68,7 +68,7 @@ def _time_calls(fn, warmup: int, iters: int, sync=None) -> list[float]:
     return out
 
 
-def bench_network(name: str, variant: str, backends: list[str], args, h: int, w: int) -> list[dict]:
+def bench_network(name: str, variant: str, backends: list[str], args, h: int, w: int, workdir: Path) -> list[dict]:
     import torch
 
     from rgbt_seg_ros.inference.artifact import ModelCard
@@ -92,13 +92,10 @@ def bench_network(name: str, variant: str, backends: list[str], args, h: int, w:
             backend = TorchBackend(net, card, device=args.device, precision=args.precision,
                                    compile_mode=args.compile_mode)
         else:
-            from rgbt_seg_ros.inference.export import export_onnx
-            from rgbt_seg_ros.inference.onnx_backend import OnnxBackend
+            from rgbt_seg_ros.inference.export import exported_backend
 
-            with tempfile.TemporaryDirectory() as tmp:
-                path = export_onnx(net, card, Path(tmp) / "net.onnx", check_sizes=((h, w),)).path
-                backend = OnnxBackend(path, device=args.device,
-                                      precision="fp16" if args.precision == "fp16" else "fp32", threads=args.threads)
+            backend = exported_backend(net, card, workdir, args.device, args.precision, args.threads,
+                                       check_sizes=((h, w),))
         samples = _time_calls(lambda: backend.infer(rgb, aux), args.warmup, args.iters)
         rows.append({**base, "backend": backend.name, **latency_stats(samples)})
         print(_row_md(rows[-1]), flush=True)
@@ -150,17 +147,19 @@ def main(args: argparse.Namespace) -> int:
     report = {"machine": machine_description(args.device), "precision": args.precision, "networks": [],
               "pipeline": None, "agreement": None}
     print(f"# {report['machine']}, {args.precision}, batch 1, {w}x{h}\n")
-    if not args.skip_networks:
-        print(NET_HEADER, flush=True)
-        for spec in specs:
-            variants = {"smallest": [spec.smallest_variant], "default": [spec.default_variant],
-                        "all": list(spec.variants)}[args.variants]
-            for variant in variants:
-                report["networks"].extend(bench_network(spec.name, variant, backends, args, h, w))
-    if args.pipeline or args.skip_networks:
-        report["pipeline"] = bench_pipeline(args)
-    if args.agreement:
-        report["agreement"] = bench_agreement(args)
+    with tempfile.TemporaryDirectory() as tmp:  # exported ONNX files; each network overwrites the last
+        workdir = Path(tmp)
+        if not args.skip_networks:
+            print(NET_HEADER, flush=True)
+            for spec in specs:
+                variants = {"smallest": [spec.smallest_variant], "default": [spec.default_variant],
+                            "all": list(spec.variants)}[args.variants]
+                for variant in variants:
+                    report["networks"].extend(bench_network(spec.name, variant, backends, args, h, w, workdir))
+        if args.pipeline or args.skip_networks:
+            report["pipeline"] = bench_pipeline(args, workdir)
+        if args.agreement:
+            report["agreement"] = bench_agreement(args, workdir)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     if args.markdown:
@@ -179,12 +178,11 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_agreement(args) -> dict:
+def bench_agreement(args, workdir: Path) -> dict:
     """Share of pixels whose label matches torch fp32, on the held-out synthetic scenes, through the pipeline."""
     from rgbt_seg_ros.inference import builtin_model_path
     from rgbt_seg_ros.inference.artifact import load_model
-    from rgbt_seg_ros.inference.export import export_onnx
-    from rgbt_seg_ros.inference.onnx_backend import OnnxBackend
+    from rgbt_seg_ros.inference.export import exported_backend
     from rgbt_seg_ros.inference.torch_backend import TorchBackend
     from rgbt_seg_ros.training.datasets import SyntheticDataset
     from rgbt_seg_ros.training.evaluate import label_agreement
@@ -194,15 +192,13 @@ def bench_agreement(args) -> dict:
     backends = {"torch-fp32": TorchBackend(net, card, device=args.device)}
     if args.precision != "fp32":
         backends[f"torch-{args.precision}"] = TorchBackend(net, card, device=args.device, precision=args.precision)
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(net, card, Path(tmp) / "model.onnx").path
-        # onnxruntime runs fp16 only through TensorRT on a GPU
-        gpu_fp16 = args.precision == "fp16" and args.device.startswith("cuda")
-        for precision in ("fp32", "fp16") if gpu_fp16 else ("fp32",):
-            b = OnnxBackend(onnx_path, device=args.device, precision=precision, threads=args.threads)
-            backends[b.name] = b
-        dataset = SyntheticDataset(seed=2000, length=args.agreement, size=card.input_size)
-        agree = label_agreement(backends, dataset, reference="torch-fp32")
+    # onnxruntime runs fp16 only through TensorRT on a GPU
+    gpu_fp16 = args.precision == "fp16" and args.device.startswith("cuda")
+    for precision in ("fp32", "fp16") if gpu_fp16 else ("fp32",):
+        b = exported_backend(net, card, workdir / precision, args.device, precision, args.threads)
+        backends[b.name] = b
+    dataset = SyntheticDataset(seed=2000, length=args.agreement, size=card.input_size)
+    agree = label_agreement(backends, dataset, reference="torch-fp32")
     result = {"model": str(model), "frames": args.agreement, "size": list(card.input_size), "reference": "torch-fp32",
               "agreement": {name: agree[name] for name in backends if name != "torch-fp32"}}
     print("\n" + agreement_markdown(result), flush=True)
@@ -216,7 +212,7 @@ def agreement_markdown(a: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_pipeline(args) -> dict:
+def bench_pipeline(args, workdir: Path) -> dict:
     """End-to-end per pair through SegmentationPipeline: 1280x720 rgb8 + 640x512 mono16, plane registration."""
     import cv2
 
@@ -224,17 +220,13 @@ def bench_pipeline(args) -> dict:
     from rgbt_seg_ros.pipeline import CameraModel, Extrinsics, LatencyStats, SegmentationPipeline
 
     model = args.model or builtin_model_path()
-    backend = create_backend(model, device=args.device, precision=args.precision, compile_mode=args.compile_mode)
     if args.pipeline_backend == "onnxruntime" and model.suffix != ".onnx":
         from rgbt_seg_ros.inference.artifact import load_model
-        from rgbt_seg_ros.inference.export import export_onnx
-        from rgbt_seg_ros.inference.onnx_backend import OnnxBackend
+        from rgbt_seg_ros.inference.export import exported_backend
 
-        tmp = tempfile.TemporaryDirectory()
-        net, card = load_model(model)
-        onnx_path = export_onnx(net, card, Path(tmp.name) / "model.onnx").path
-        backend = OnnxBackend(onnx_path, device=args.device, threads=args.threads,
-                              precision="fp16" if args.precision == "fp16" else "fp32")
+        backend = exported_backend(*load_model(model), workdir, args.device, args.precision, args.threads)
+    else:
+        backend = create_backend(model, device=args.device, precision=args.precision, compile_mode=args.compile_mode)
     # A typical vehicle rig: wide RGB, narrower thermal with strong barrel distortion, 8 cm baseline.
     rgb_cam = CameraModel(K=[[900, 0, 640], [0, 900, 360], [0, 0, 1]], D=[-0.1, 0.05, 0, 0, 0], width=1280, height=720)
     th_cam = CameraModel(K=[[510, 0, 320], [0, 510, 256], [0, 0, 1]], D=[-0.43, 0.19, 0, 0, 0], width=640, height=512)
