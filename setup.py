@@ -35,6 +35,7 @@ setup(
     ],
     install_requires=[
         "numpy>=1.23",
+        "numba>=0.59",  # the fused CPU post-processing kernels (pipeline/kernels.py); 0.59: Python 3.12
         "opencv-python-headless>=4.8",
         "pyyaml>=6.0",
         "tqdm>=4.65",

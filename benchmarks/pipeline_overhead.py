@@ -36,7 +36,7 @@ from rgbt_seg_ros.inference.torch_backend import TorchBackend  # noqa: E402
 from rgbt_seg_ros.pipeline import CameraModel, Extrinsics, LatencyStats, SegmentationPipeline, get_class_set  # noqa: E402
 from rgbt_seg_ros.pipeline import load_camera, load_extrinsics  # noqa: E402
 from rgbt_seg_ros.pipeline.normalize import scale_into, value_range  # noqa: E402
-from rgbt_seg_ros.pipeline.postprocess import colourize, logits_to_labels, overlay  # noqa: E402
+from rgbt_seg_ros.pipeline.postprocess import logits_to_labels, render  # noqa: E402
 from rgbt_seg_ros.pipeline.registration import Registrar  # noqa: E402
 from rgbt_seg_ros.pipeline.resize import preprocess_rgb  # noqa: E402
 
@@ -138,8 +138,8 @@ def breakdown(pipe, rgbs, ths, rgb_cam, th_cam, ext, iters: int) -> None:
     rng = np.random.default_rng(1)
     logits = [(3 * rng.standard_normal((pipe.num_classes,) + tf.dst_hw)).astype(np.float32) for _ in range(4)]
     labels_s, conf_s = logits_to_labels(logits[0])
-    labels = tf.inverse(labels_s, "nearest")
-    colour = colourize(labels, pipe.palette, pipe._lut)
+    maps = tf.nearest_index()
+    alpha = pipe.config.overlay_alpha
     rows = [
         ("preprocess_rgb", lambda i: preprocess_rgb(rgbs[i % 4], tf, pipe._rgb_mean, pipe._rgb_std)),
         ("thermal AGC", lambda i: value_range(ths[i % 4], "mono16", "thermal", ncfg)),
@@ -147,10 +147,10 @@ def breakdown(pipe, rgbs, ths, rgb_cam, th_cam, ext, iters: int) -> None:
         ("thermal scale", lambda i: scale_into(warped, lo, hi, 0.5, 0.25)),
         ("labels+confidence", lambda i: logits_to_labels(logits[i % 4])),
         ("labels only", lambda i: logits_to_labels(logits[i % 4], need_confidence=False)),
-        ("labels upsample", lambda i: tf.inverse(labels_s, "nearest")),
         ("confidence upsample", lambda i: tf.inverse(conf_s, "linear")),
-        ("colour", lambda i: colourize(labels, pipe.palette, pipe._lut)),
-        ("overlay", lambda i: overlay(rgbs[i % 4], colour, pipe.config.overlay_alpha)),
+        ("render labels", lambda i: render(labels_s, *maps, pipe._lut, rgbs[i % 4], alpha, True, False, False)),
+        ("render labels+colour", lambda i: render(labels_s, *maps, pipe._lut, rgbs[i % 4], alpha, True, True, False)),
+        ("render labels+colour+overlay", lambda i: render(labels_s, *maps, pipe._lut, rgbs[i % 4], alpha, True, True, True)),
     ]
     print(f"building blocks alone, thread CPU (ms, n={iters}): {'median':>8}{'p95':>8}")
     for name, fn in rows:

@@ -62,7 +62,7 @@ def test_identity_pipeline_end_to_end():
     assert r.colour.shape == (480, 640, 3) and r.colour[200, 300].tolist() == [64, 0, 128]  # MFNet "car" colour
     assert r.confidence.dtype == np.float32 and 0.5 <= r.confidence.min() and r.confidence.max() <= 1.0
     assert r.overlay.shape == (480, 640, 3) and r.registered_aux is None
-    for stage in ("preprocess_rgb", "register", "normalize_aux", "infer", "postprocess", "colour", "overlay", "total"):
+    for stage in ("preprocess_rgb", "register", "normalize_aux", "infer", "postprocess", "render", "total"):
         assert stage in r.timings and r.timings[stage] >= 0
     # the network saw the aux normalised with the card's mean/std at its input size
     seen = net.seen_aux[-1]
@@ -76,7 +76,8 @@ def test_outputs_not_requested_are_not_computed():
     aux = hot_square((240, 320), (10, 50, 10, 50))
     r = pipe.process(rgb, aux, "mono16", outputs={"labels"})
     assert r.labels is not None and r.colour is None and r.confidence is None and r.overlay is None
-    assert "colour" not in r.timings and "overlay" not in r.timings
+    r = pipe.process(rgb, aux, "mono16", outputs={"confidence"})
+    assert r.labels is None and r.colour is None and r.confidence is not None and "render" not in r.timings
     r = pipe.process(rgb, aux, "mono16", outputs={"confidence", "registered_aux"})
     assert r.labels is None and r.confidence is not None and r.registered_aux.shape == (240, 320)
     with pytest.raises(RgbtSegError, match="outputs: unknown"):

@@ -7,7 +7,7 @@ import pytest
 
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.pipeline.palettes import CLASS_SETS, get_class_set, palette_for, voc_colormap
-from rgbt_seg_ros.pipeline.postprocess import colourize, label_dtype, logits_to_labels, overlay
+from rgbt_seg_ros.pipeline.postprocess import colour_lut, colourize, label_dtype, logits_to_labels, overlay, render
 from rgbt_seg_ros.pipeline.resize import ResizeTransform, preprocess_rgb
 from rgbt_seg_ros.pipeline.timing import LatencyStats, StageTimer
 
@@ -142,3 +142,98 @@ def test_stage_timer_and_latency_stats():
     summ = s.summary()["x"]
     assert summ["p50"] == pytest.approx(50.5) and summ["p95"] == pytest.approx(95.05) and summ["p99"] == pytest.approx(99.01)
     assert summ["max"] == 100 and summ["n"] == 100 and "p99" in s.format()
+
+
+def test_confidence_is_accurate_over_the_whole_exp_range():
+    # two classes, logit gaps from 0 to 120: conf = 1 / (1 + exp(-gap)), the fused kernel's exp included
+    gaps = np.concatenate([np.linspace(0, 20, 4001), np.linspace(20, 120, 101)])
+    logits = np.stack([np.zeros_like(gaps), gaps]).astype(np.float32)[:, None, :]
+    labels, conf = logits_to_labels(logits)
+    expect = 1.0 / (1.0 + np.exp(-gaps.astype(np.float32).astype(np.float64)))
+    assert np.abs(conf[0] / expect - 1).max() < 5e-7
+    assert (labels[0, 1:] == 1).all() and labels[0, 0] == 0  # gap 0 is a tie: the lower id
+
+
+@pytest.mark.parametrize("shape", [(9, 37, 113), (5, 1, 1), (3, 64, 64), (15, 45, 91)])
+def test_labels_and_confidence_across_tile_boundaries(shape):
+    # pixel counts below, at and past several kernel tiles (2048 pixels), none a multiple of it
+    logits = (np.random.default_rng(sum(shape)).normal(0, 4, shape)).astype(np.float32)
+    labels, conf = logits_to_labels(logits)
+    assert np.array_equal(labels, logits.argmax(0))
+    assert np.allclose(conf, _softmax_max(logits.astype(np.float64)), atol=1e-6, rtol=0)
+    only_labels, none = logits_to_labels(logits, need_confidence=False)
+    none2, only_conf = logits_to_labels(logits, need_labels=False)
+    assert none is None and none2 is None
+    assert np.array_equal(only_labels, labels) and np.array_equal(only_conf, conf)
+
+
+def test_nan_logits_never_win_and_all_nan_pixels_have_no_confidence():
+    logits = np.array([[[np.nan, 1.0, np.nan]], [[2.0, np.nan, np.nan]], [[0.0, 0.5, np.nan]]], np.float32)
+    labels, conf = logits_to_labels(logits)
+    assert labels.tolist() == [[1, 0, 0]]
+    assert conf[0, 0] == pytest.approx(1 / (1 + np.exp(-2.0)), abs=1e-6)  # softmax over the finite logits
+    assert conf[0, 1] == pytest.approx(1 / (1 + np.exp(-0.5)), abs=1e-6)
+    assert conf[0, 2] == 0.0
+
+
+def test_preprocess_rgb_matches_the_formula_on_an_odd_size():
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    tf = ResizeTransform((37, 53), (20, 31))
+    x = preprocess_rgb(rgb, tf, mean, std)
+    small = cv2.resize(rgb, (31, 20)).astype(np.float64)
+    expect = ((small / 255.0 - mean) / std).transpose(2, 0, 1)[None]
+    assert x.shape == (1, 3, 20, 31) and x.flags.c_contiguous and np.abs(x - expect).max() < 1e-5
+    view = rgb[:, ::-1]  # a non-contiguous view is fine too
+    assert np.allclose(preprocess_rgb(view, ResizeTransform((37, 53), (37, 53)), mean, std)[0],
+                       ((view / 255.0 - mean) / std).transpose(2, 0, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("src_hw,dst_hw,mode", [((720, 1280), (480, 640), "stretch"), ((720, 1280), (480, 640), "letterbox"),
+                                                 ((512, 640), (480, 640), "stretch"), ((333, 999), (100, 37), "letterbox"),
+                                                 ((64, 48), (64, 48), "stretch")])
+def test_nearest_index_is_exactly_inverse_nearest(src_hw, dst_hw, mode):
+    tf = ResizeTransform(src_hw, dst_hw, mode)
+    small = np.random.default_rng(1).integers(0, 250, dst_hw, dtype=np.uint8)
+    rows, cols = tf.nearest_index()
+    assert np.array_equal(small[rows][:, cols], tf.inverse(small, "nearest"))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 1.0])
+def test_render_equals_resize_colour_and_overlay(alpha):
+    rng = np.random.default_rng(7)
+    pal = get_class_set("mfnet").palette_array()
+    lut = colour_lut(pal)
+    tf = ResizeTransform((720, 1280), (480, 640), "letterbox")
+    small = rng.integers(0, 12, (480, 640), dtype=np.uint8)  # ids 9-11 are past the palette: black
+    rgb = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    labels, colour, over = render(small, *tf.nearest_index(), lut, rgb, alpha, True, True, True)
+    full = tf.inverse(small, "nearest")
+    assert np.array_equal(labels, full)
+    assert np.array_equal(colour, lut[full]) and np.array_equal(colour, colourize(full, pal))
+    # dyadic alphas are exact in float32, so the blend is bit-identical to OpenCV's
+    assert np.array_equal(over, cv2.addWeighted(colour, alpha, rgb, 1 - alpha, 0.0))
+    assert np.array_equal(over, overlay(rgb, colour, alpha))
+
+
+def test_render_overlay_within_one_of_opencv_for_any_alpha_and_skips_outputs():
+    rng = np.random.default_rng(8)
+    lut = colour_lut(voc_colormap(300), 300)
+    small = rng.integers(0, 300, (30, 40)).astype(np.uint16)
+    rgb = rng.integers(0, 256, (45, 80, 3), dtype=np.uint8)
+    rows, cols = ResizeTransform((45, 80), (30, 40)).nearest_index()
+    labels, colour, over = render(small, rows, cols, lut, rgb, 0.7, False, False, True)
+    assert labels is None and colour is None
+    ref = cv2.addWeighted(lut[small[rows][:, cols]], 0.7, rgb, 0.3, 0.0)
+    assert np.abs(over.astype(int) - ref).max() <= 1
+    labels, colour, over = render(small, rows, cols, lut, None, 0.7, True, False, False)
+    assert labels.dtype == np.uint16 and np.array_equal(labels, small[rows][:, cols]) and over is None
+    with pytest.raises(RgbtSegError, match="colour table"):
+        render(small, rows, cols, colour_lut(voc_colormap(9)), want_labels=False)
+    with pytest.raises(RgbtSegError, match="index maps"):
+        render(small, rows + 1, cols, lut)
+    with pytest.raises(RgbtSegError, match="overlay"):
+        render(small, rows, cols, lut, rgb[:10], want_overlay=True)
+    with pytest.raises(RgbtSegError, match="labels"):
+        colourize(np.array([[-1, 2]]), voc_colormap(3))

@@ -5,10 +5,12 @@ Everything it returns is at the RGB image's resolution. Outputs that are not req
 
 Stages (names used in ``SegmentationResult.timings``, milliseconds):
 ``preprocess_rgb`` → ``register`` (aux into the RGB grid, composed with the resize to the network input)
-→ ``normalize_aux`` → ``infer`` → ``postprocess`` (labels/confidence at RGB resolution) → ``colour``
-→ ``overlay`` → ``registered_aux`` (only when asked for), plus ``total``.
+→ ``normalize_aux`` → ``infer`` → ``postprocess`` (arg-max and confidence, confidence at RGB resolution)
+→ ``render`` (labels, colour and overlay at RGB resolution, one pass) → ``registered_aux`` (only when
+asked for), plus ``total``.
 
-Device path (``PipelineConfig.device_ops``, see ``device_ops.py``): with a TorchBackend on CUDA ("auto") or on
+Device path (``PipelineConfig.device_ops``, see ``device_ops.py``): with a backend that runs on torch tensors
+(``infer_tensors``: TorchBackend, and OnnxBackend through onnxruntime's I/O binding) on CUDA ("auto") or on
 any device ("on"), normalise, resize, registration warp, aux scaling, softmax/arg-max and the resize back run
 as torch ops on the network's device: raw images go up once, labels and confidence come down once. Same stage
 names; on CUDA each device stage ends with a synchronize so its time is its own. Otherwise (and always for
@@ -26,8 +28,7 @@ from rgbt_seg_ros.pipeline.camera import Extrinsics, as_camera_model
 from rgbt_seg_ros.pipeline.config import NormalizationConfig, PipelineConfig, RegistrationConfig
 from rgbt_seg_ros.pipeline.normalize import depth_to_metres, normalize_depth_metres, scale_into, value_range
 from rgbt_seg_ros.pipeline.palettes import palette_for
-from rgbt_seg_ros.pipeline.postprocess import (colour_lut, colourize, label_dtype, logits_to_labels,
-                                               overlay as blend_overlay)
+from rgbt_seg_ros.pipeline.postprocess import colour_lut, label_dtype, logits_to_labels, render
 from rgbt_seg_ros.pipeline.registration import Registrar
 from rgbt_seg_ros.pipeline.resize import ResizeTransform, preprocess_rgb
 from rgbt_seg_ros.pipeline.timing import StageTimer
@@ -72,7 +73,7 @@ class SegmentationPipeline:
         self.input_size = tuple(self.config.input_size or card.input_size)
         self.num_classes = int(card.num_classes)
         self.palette = palette_for(self.num_classes, getattr(card, "palette", None))
-        self._lut = colour_lut(self.palette)
+        self._lut = colour_lut(self.palette, self.num_classes)  # covers every id the arg-max can give
         self.modality = getattr(card, "modality", "thermal")
         self.aux_channels = int(getattr(card, "aux_channels", 1))
         self._rgb_mean = np.asarray(card.rgb_mean, np.float32)
@@ -103,8 +104,8 @@ class SegmentationPipeline:
         if mode == "off" or (mode == "auto" and not (has_tensors and getattr(backend.device, "type", None) == "cuda")):
             return None
         if not has_tensors:
-            raise RgbtSegError(f"device_ops: 'on' needs the torch backend, not {getattr(backend, 'name', '?')}; "
-                               "use 'auto' or 'off'")
+            raise RgbtSegError(f"device_ops: 'on' needs a backend that runs on tensors (torch, onnxruntime), not "
+                               f"{getattr(backend, 'name', '?')}; use 'auto' or 'off'")
         from rgbt_seg_ros.pipeline.device_ops import DeviceOps  # torch only on this path
 
         return DeviceOps(backend.device, self._rgb_mean, self._rgb_std, self._aux_mean, self._aux_std,
@@ -145,19 +146,29 @@ class SegmentationPipeline:
             raise RgbtSegError(f"backend {getattr(self.backend, 'name', '?')}: returned logits of shape "
                                f"{tuple(shape)}, expected (1, {self.num_classes}, {tf.dst_hw[0]}, {tf.dst_hw[1]})")
 
-    def _finish(self, rgb, labels, confidence, registered_full, outputs, timer, aux_used) -> SegmentationResult:
-        """Colour and overlay (on the CPU, from the labels) and the result."""
-        colour = over = None
-        if outputs & {"colour", "overlay"}:
-            with timer("colour"):
-                colour = colourize(labels, self.palette, self._lut)
-            if "overlay" in outputs:
-                with timer("overlay"):
-                    over = blend_overlay(rgb, colour, self.config.overlay_alpha)
+    def _finish(self, rgb, labels, label_maps, confidence, registered_full, outputs, timer, aux_used
+                ) -> SegmentationResult:
+        """Labels, colour and overlay at RGB resolution in one pass (``render``), and the result.
+
+        ``labels`` are at the network resolution with ``label_maps`` = ``tf.nearest_index()`` (CPU path), or
+        already at RGB resolution with ``label_maps=None`` (device path: resized on the device, kept as they are).
+        """
+        want = {o: o in outputs for o in ("labels", "colour", "overlay")}
+        out_labels = colour = over = None
+        if labels is not None and any(want.values()):
+            with timer("render"):  # on both paths, so that both report the same stages
+                if label_maps is None:
+                    out_labels = labels if want["labels"] else None
+                    want["labels"] = False
+                    label_maps = (np.arange(rgb.shape[0]), np.arange(rgb.shape[1]))
+                if any(want.values()):
+                    rendered, colour, over = render(labels, *label_maps, self._lut, rgb, self.config.overlay_alpha,
+                                                    want["labels"], want["colour"], want["overlay"])
+                    out_labels = rendered if want["labels"] else out_labels
         timer.stop_total()
         return SegmentationResult(
-            labels=labels if "labels" in outputs else None,
-            colour=colour if "colour" in outputs else None,
+            labels=out_labels,
+            colour=colour,
             confidence=confidence,
             overlay=over,
             registered_aux=registered_full,
@@ -213,7 +224,7 @@ class SegmentationPipeline:
                 labels, confidence = dev.postprocess(
                     logits, tf, need_labels=bool(outputs & {"labels", "colour", "overlay"}),
                     need_confidence="confidence" in outputs, label_dtype=label_dtype(self.num_classes))
-        return self._finish(rgb, labels, confidence, registered_full, outputs, timer, aux_t is not None)
+        return self._finish(rgb, labels, None, confidence, registered_full, outputs, timer, aux_t is not None)
 
     # -- main entry ---------------------------------------------------------------------------------
     def process(self, rgb: np.ndarray, aux: np.ndarray | None = None, aux_encoding: str = "mono8",
@@ -280,14 +291,13 @@ class SegmentationPipeline:
         logits = np.asarray(logits)
         self._check_logits(logits.shape, tf)
 
-        labels = confidence = None
+        confidence = None
         need_labels = bool(outputs & {"labels", "colour", "overlay"})
         with timer("postprocess"):
             labels_s, conf_s = logits_to_labels(logits[0], need_labels=need_labels,
                                                 need_confidence="confidence" in outputs)
-            if labels_s is not None:
-                labels = tf.inverse(labels_s, interpolation="nearest")
             if conf_s is not None:
                 confidence = tf.inverse(conf_s, interpolation="linear")
                 cv2.min(confidence, 1.0, dst=confidence)  # bilinear weights may round a hair above 1
-        return self._finish(rgb, labels, confidence, registered_full, outputs, timer, aux_in is not None)
+        return self._finish(rgb, labels_s, tf.nearest_index(), confidence, registered_full, outputs, timer,
+                            aux_in is not None)

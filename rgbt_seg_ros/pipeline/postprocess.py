@@ -1,4 +1,4 @@
-"""Logits → labels, confidence, palette colours and overlay.
+"""Logits → labels, confidence, palette colours and overlay (the loops themselves: ``kernels.py``).
 
 Labels and confidence are computed at the network resolution (arg-max and max-softmax of the logits
 there) and then brought to RGB resolution: labels with nearest-neighbour, confidence bilinearly. This is
@@ -7,10 +7,10 @@ and differs from it only along class boundaries, within one network pixel.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.pipeline.kernels import argmax_softmax, blend, expand_labels
 
 
 def label_dtype(num_classes: int) -> np.dtype:
@@ -24,79 +24,87 @@ def logits_to_labels(logits: np.ndarray, need_labels: bool = True, need_confiden
                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """K×h×w logits → (labels h×w uint8/uint16, confidence h×w float32 in [0, 1]); either may be skipped (None).
 
-    Ties go to the lowest class id. Confidence is max softmax = 1 / Σ_k exp(l_k − max_k l).
-    A running max over the K planes with OpenCV element-wise ops: several times faster than numpy's
-    strided arg-max over axis 0, and no K×h×w temporaries. Each logit plane is visited once for the
-    arg-max and the exp-sum together, while it is still in cache (one pass over the K planes, not two).
+    Ties go to the lowest class id. Confidence is max softmax = 1 / Σ_k exp(l_k − max_k l), exact for any
+    logit magnitude. One fused pass over the K planes, tile by tile (``kernels.argmax_softmax``); without
+    confidence no exp is computed at all.
     """
     if logits.ndim != 3 or logits.shape[0] < 1:
         raise RgbtSegError(f"logits: expected K×h×w, got shape {logits.shape}")
     logits = np.ascontiguousarray(logits, dtype=np.float32)
     k, h, w = logits.shape
-    labels = conf = None
-    best = logits[0].copy()
     dtype = label_dtype(k)
-    if need_labels:
-        labels = np.zeros((h, w), dtype)
-        mask = np.empty((h, w), np.uint8)
-        won = np.empty((h, w), dtype)
-    if need_confidence:
-        acc = np.empty((h, w), np.float32)
-        tmp = np.empty((h, w), np.float32)
-        # Σ_k exp(l_k) without subtracting the max, speculatively; used only if exp cannot over/underflow (below)
-        cv2.exp(logits[0], dst=acc)
-    for c in range(1, k):
-        lc = logits[c]
-        if need_labels:
-            cv2.compare(lc, best, cv2.CMP_GT, dst=mask)  # strictly greater: ties keep the lower id
-            # "c where c wins, else keep": a memset and one masked copy, cheaper than AND + max over the plane
-            won.fill(c)
-            cv2.copyTo(won, mask, labels)
-        cv2.max(best, lc, dst=best)
-        if need_confidence:
-            cv2.exp(lc, dst=tmp)
-            cv2.add(acc, tmp, dst=acc)
-    if need_confidence:
-        low, top, _, _ = cv2.minMaxLoc(best)
-        if top < 80.0 and low > -80.0:
-            # exp(l) neither overflows nor underflows float32 here: Σ exp(l_k) / exp(max) needs no per-class
-            # subtraction
-            conf = cv2.divide(cv2.exp(best), acc)
-        else:
-            # extreme logits: the speculative sum may hold inf; redo it relative to the max
-            acc.fill(0.0)
-            for c in range(k):
-                cv2.subtract(logits[c], best, dst=tmp)
-                cv2.exp(tmp, dst=tmp)
-                cv2.add(acc, tmp, dst=acc)
-            conf = cv2.divide(1.0, acc)  # acc ≥ 1 (the arg-max term is exp(0)), so conf ∈ (0, 1]
-        cv2.min(conf, 1.0, dst=conf)
-    return labels, conf
+    labels = np.empty((h, w), dtype) if need_labels else np.empty((0, 0), dtype)
+    conf = np.empty((h, w), np.float32) if need_confidence else np.empty((0, 0), np.float32)
+    if need_labels or need_confidence:
+        argmax_softmax(logits.reshape(k, h * w), labels.reshape(-1), conf.reshape(-1))
+    return (labels if need_labels else None), (conf if need_confidence else None)
 
 
-def colour_lut(palette: np.ndarray) -> np.ndarray:
-    """256×1×3 uint8 table for ``cv2.applyColorMap``; ids past the palette are black."""
+def colour_lut(palette: np.ndarray, size: int = 256) -> np.ndarray:
+    """max(size, 256)×3 uint8 table, row = class id; ids past the palette are black."""
     palette = np.asarray(palette, np.uint8).reshape(-1, 3)
-    lut = np.zeros((256, 1, 3), np.uint8)
-    n = min(256, len(palette))
-    lut[:n, 0] = palette[:n]
+    lut = np.zeros((max(256, int(size)), 3), np.uint8)
+    n = min(len(lut), len(palette))
+    lut[:n] = palette[:n]
     return lut
+
+
+def _as_label_image(labels: np.ndarray) -> np.ndarray:
+    """uint8/uint16 labels as they are; other non-negative integer arrays as uint16 (the kernels index with them)."""
+    if not isinstance(labels, np.ndarray) or labels.ndim != 2 or labels.dtype.kind not in "ui":
+        raise RgbtSegError(f"labels: expected an h×w integer array, got "
+                           f"{getattr(labels, 'dtype', type(labels).__name__)} {getattr(labels, 'shape', '')}")
+    if labels.dtype in (np.uint8, np.uint16):
+        return np.ascontiguousarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() > 65535):
+        raise RgbtSegError(f"labels: ids must lie in [0, 65535], got [{labels.min()}, {labels.max()}]")
+    return labels.astype(np.uint16)
+
+
+def render(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, lut: np.ndarray, rgb: np.ndarray | None = None,
+           alpha: float = 0.5, want_labels: bool = True, want_colour: bool = True, want_overlay: bool = False
+           ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Labels (at the network resolution) → (labels, colour, overlay) at the output resolution, one pass.
+
+    Output pixel (y, x) takes ``labels[rows[y], cols[x]]`` (``ResizeTransform.nearest_index`` gives the
+    maps of ``cv2.resize(INTER_NEAREST_EXACT)``; ``np.arange`` for the same size). ``lut`` (``colour_lut``)
+    must cover every label id. overlay = alpha · colour + (1 − alpha) · rgb, rounded half to even like
+    ``cv2.addWeighted``. Outputs not wanted are None and not computed.
+    """
+    labels = _as_label_image(labels)
+    rows = np.ascontiguousarray(rows, np.int64)
+    cols = np.ascontiguousarray(cols, np.int64)
+    h, w = rows.size, cols.size
+    if rows.size and cols.size and (rows.min() < 0 or rows.max() >= labels.shape[0] or cols.min() < 0
+                                     or cols.max() >= labels.shape[1]):
+        raise RgbtSegError(f"render: index maps reach outside the {labels.shape[0]}×{labels.shape[1]} labels")
+    if (want_colour or want_overlay) and labels.size and int(labels.max()) >= len(lut):
+        raise RgbtSegError(f"render: label id {int(labels.max())} is past the {len(lut)}-entry colour table")
+    if want_overlay:
+        if rgb is None or rgb.shape != (h, w, 3) or rgb.dtype != np.uint8:
+            raise RgbtSegError(f"overlay: rgb {getattr(rgb, 'shape', None)} is not the {h}×{w}×3 uint8 output size")
+        rgb = np.ascontiguousarray(rgb)
+    out_l = np.empty((h, w) if want_labels else (0, 0), labels.dtype)
+    out_c = np.empty((h, w, 3) if want_colour else (0, 0, 3), np.uint8)
+    out_o = np.empty((h, w, 3) if want_overlay else (0, 0, 3), np.uint8)
+    expand_labels(labels, rows, cols, np.ascontiguousarray(lut, np.uint8), rgb if want_overlay else out_o,
+                  float(alpha), out_l, out_c, out_o)
+    return (out_l if want_labels else None), (out_c if want_colour else None), (out_o if want_overlay else None)
 
 
 def colourize(labels: np.ndarray, palette: np.ndarray, lut: np.ndarray | None = None) -> np.ndarray:
     """h×w integer labels → h×w×3 uint8 RGB; ids past the palette are drawn black."""
-    if labels.dtype == np.uint8:
-        # applyColorMap with a user table is a plain per-pixel lookup (no BGR swap): the RGB table gives RGB
-        return cv2.applyColorMap(labels, colour_lut(palette) if lut is None else lut)
-    palette = np.asarray(palette, np.uint8).reshape(-1, 3)
-    full = np.zeros((int(labels.max(initial=0)) + 1, 3), np.uint8)
-    n = min(len(full), len(palette))
-    full[:n] = palette[:n]
-    return full[labels]
+    labels = _as_label_image(labels)
+    if lut is None or (labels.size and int(labels.max()) >= len(lut)):
+        lut = colour_lut(palette, int(labels.max(initial=0)) + 1)
+    h, w = labels.shape
+    return render(labels, np.arange(h), np.arange(w), lut, want_labels=False)[1]
 
 
 def overlay(rgb: np.ndarray, colour: np.ndarray, alpha: float) -> np.ndarray:
-    """alpha · colour + (1 − alpha) · rgb, uint8 (alpha is the weight of the label colours)."""
-    if rgb.shape != colour.shape:
+    """alpha · colour + (1 − alpha) · rgb, uint8 (alpha is the weight of the label colours), half to even."""
+    if rgb.shape != colour.shape or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise RgbtSegError(f"overlay: rgb {rgb.shape} and colour {colour.shape} differ in size")
-    return cv2.addWeighted(colour, float(alpha), rgb, 1.0 - float(alpha), 0.0)
+    out = np.empty(rgb.shape, np.uint8)
+    blend(np.ascontiguousarray(colour, np.uint8), np.ascontiguousarray(rgb, np.uint8), float(alpha), out)
+    return out

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.pipeline.kernels import hwc_to_chw
 
 # INTER_NEAREST_EXACT: nearest neighbour with the same pixel-centre convention as the linear modes
 # (plain INTER_NEAREST is shifted by up to half a pixel), so labels line up with the confidence map
@@ -43,6 +44,7 @@ class ResizeTransform:
         self.scale_x = self.content_hw[1] / sw
         self.is_identity = (sh, sw) == (dh, dw)
         self._src_maps: tuple[np.ndarray, np.ndarray] | None = None
+        self._nearest: tuple[np.ndarray, np.ndarray] | None = None
 
     def forward(self, img: np.ndarray, interpolation: str = "linear") -> np.ndarray:
         if img.shape[:2] != self.src_hw:
@@ -70,6 +72,24 @@ class ResizeTransform:
         sh, sw = self.src_hw
         return cv2.resize(content, (sw, sh), interpolation=_INTERP[interpolation])
 
+    def nearest_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols): the network pixel each source pixel takes in ``inverse(img, "nearest")``.
+
+        Asked of ``cv2.resize`` itself (an image of indices resized the same way), so a lookup through these
+        maps equals ``inverse`` exactly; letterbox padding is skipped.
+        """
+        if self._nearest is None:
+            ch, cw = self.content_hw
+            sh, sw = self.src_hw
+
+            def along(n_content: int, n_src: int, offset: int) -> np.ndarray:
+                idx = np.arange(n_content, dtype=np.float32).reshape(1, n_content)  # exact integers up to 2^24
+                taken = cv2.resize(idx, (n_src, 1), interpolation=_INTERP["nearest"])[0]
+                return taken.astype(np.int64) + offset
+
+            self._nearest = (along(ch, sh, self.top), along(cw, sw, self.left))
+        return self._nearest
+
     def src_coords(self) -> tuple[np.ndarray, np.ndarray]:
         """float32 maps (dst_h×dst_w) of the source pixel each network pixel samples; padding far outside."""
         if self._src_maps is None:
@@ -85,10 +105,11 @@ class ResizeTransform:
 
 def preprocess_rgb(rgb: np.ndarray, tf: ResizeTransform, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """H×W×3 uint8 RGB → 1×3×h×w float32, ((x / 255) − mean) / std per channel, at the network size."""
-    small = tf.forward(rgb, "linear")
+    small = np.ascontiguousarray(tf.forward(rgb, "linear"))
     out = np.empty((1, 3) + small.shape[:2], np.float32)
-    for c, plane in enumerate(cv2.split(small)):
-        a = 1.0 / (255.0 * float(std[c]))
-        # one fused uint8 → float32 multiply-add per channel, written straight into the NCHW tensor
-        cv2.addWeighted(plane, a, plane, 0.0, -float(mean[c]) / float(std[c]), dst=out[0, c], dtype=cv2.CV_32F)
+    std = np.asarray(std, np.float32).reshape(3)
+    scale = (1.0 / (255.0 * std)).astype(np.float32)
+    offset = (-np.asarray(mean, np.float32).reshape(3) / std).astype(np.float32)
+    # uint8 HWC → normalised float CHW in one pass, written straight into the NCHW tensor
+    hwc_to_chw(small, scale, offset, out[0])
     return out

@@ -1,0 +1,154 @@
+"""Fused per-pixel loops for the CPU path, compiled by numba for the host CPU.
+
+Each kernel replaces a chain of OpenCV/numpy passes whose cost on a CPU is memory traffic, not
+arithmetic: the chain wrote and re-read a full-size temporary per step, a kernel reads its inputs once
+and keeps its intermediates in small per-tile buffers (L1-sized). They release the GIL, so the node's
+executor keeps receiving while a frame is post-processed.
+
+``fastmath`` is a subset on purpose: contraction and reassociation let LLVM vectorise, while ``nnan`` and
+``ninf`` stay off so that comparisons keep IEEE semantics (a NaN logit never wins the arg-max).
+
+Kernels are compiled on first use (about a second each) and cached on disk next to this file, or in
+numba's user cache directory where the package folder is read-only.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_FASTMATH = {"contract", "arcp", "nsz", "afn", "reassoc"}
+_TILE = 2048  # pixels per tile: K planes of it plus the running max/sum/arg-max stay in L1/L2
+
+# exp(x) for x ≤ 0: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two for an exact n·ln2), exp(r) by its
+# degree-6 Taylor polynomial (relative error < 1.3e-7 on that interval), 2^n written into a float's
+# exponent bits. x is clamped at -87 so 2^n stays a normal float; exp(-87) ≈ 1.6e-38 is 0 for our sums.
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+_LOG2E = np.float32(1.4426950408889634)
+_EXP_MIN = np.float32(-87.0)
+
+
+@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
+def argmax_softmax(logits, labels, confidence):  # pragma: no cover - compiled
+    """K×N float32 logits → labels[N] (arg-max, ties to the lowest id) and confidence[N] (max softmax).
+
+    Either output may be an empty array, and is then not computed (labels-only skips every exp).
+    Confidence = 1 / Σ_k exp(l_k − max_k l), so it is exact for any logit magnitude (no overflow).
+    NaN logits (a broken network) are ignored; a pixel whose logits are all NaN gets label 0, confidence 0.
+    """
+    k_classes, n = logits.shape
+    want_labels = labels.size > 0
+    want_conf = confidence.size > 0
+    best = np.empty(_TILE, np.float32)
+    arg = np.empty(_TILE, np.int32)
+    total = np.empty(_TILE, np.float32)
+    bits = np.empty(_TILE, np.int32)
+    two_n = bits.view(np.float32)  # 2^n, built in the exponent bits
+    one = np.float32(1.0)
+    for start in range(0, n, _TILE):
+        m = min(_TILE, n - start)
+        row = logits[0, start:start + m]
+        for p in range(m):
+            best[p] = row[p]
+            arg[p] = 0
+            total[p] = 0.0
+        for k in range(1, k_classes):
+            row = logits[k, start:start + m]
+            kk = np.int32(k)
+            for p in range(m):
+                # strictly greater: ties keep the lower id; a NaN never wins, and a NaN best so far loses
+                wins = row[p] > best[p] or (best[p] != best[p] and row[p] == row[p])
+                best[p] = row[p] if wins else best[p]
+                arg[p] = kk if wins else arg[p]
+        if want_conf:
+            for k in range(k_classes):
+                row = logits[k, start:start + m]
+                for p in range(m):
+                    x = row[p] - best[p]
+                    x = x if x > _EXP_MIN else _EXP_MIN
+                    nn = np.int32(x * _LOG2E - np.float32(0.5))  # round(x·log2 e): x ≤ 0, truncation
+                    nf = np.float32(nn)
+                    r = x - nf * _LN2_HI - nf * _LN2_LO
+                    bits[p] = (nn + np.int32(127)) << np.int32(23)
+                    r2 = r * r  # Estrin's scheme: a shorter dependency chain than Horner's, same polynomial
+                    poly = (one + r) + r2 * ((np.float32(1 / 2) + r * np.float32(1 / 6)) + r2 * (
+                        (np.float32(1 / 24) + r * np.float32(1 / 120)) + r2 * np.float32(1 / 720)))
+                    total[p] += poly * two_n[p]
+            out = confidence[start:start + m]
+            for p in range(m):
+                c = one / total[p]  # total ≥ 1: the arg-max term is exp(0)
+                c = c if c < one else one
+                out[p] = c if best[p] == best[p] else np.float32(0.0)  # all-NaN pixel: no confidence
+        if want_labels:
+            out_l = labels[start:start + m]
+            for p in range(m):
+                out_l[p] = arg[p]
+
+
+@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
+def hwc_to_chw(image, scale, offset, out):  # pragma: no cover - compiled
+    """h×w×3 uint8 → 3×h×w float32, x · scale[c] + offset[c] per channel, in one pass."""
+    h, w, _ = image.shape
+    src = image.reshape(h * w * 3)
+    o0, o1, o2 = out[0].reshape(h * w), out[1].reshape(h * w), out[2].reshape(h * w)
+    s0, s1, s2 = scale[0], scale[1], scale[2]
+    b0, b1, b2 = offset[0], offset[1], offset[2]
+    for i in range(h * w):
+        o0[i] = np.float32(src[3 * i]) * s0 + b0
+        o1[i] = np.float32(src[3 * i + 1]) * s1 + b1
+        o2[i] = np.float32(src[3 * i + 2]) * s2 + b2
+
+
+@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False, inline="always")
+def _blend(colour, rgb, alpha, out):  # pragma: no cover - compiled
+    """out = round(alpha · colour + (1 − alpha) · rgb) over flat uint8 arrays, half to even as cv2.addWeighted."""
+    a = np.float32(alpha)
+    b = np.float32(1.0) - a
+    for i in range(out.size):
+        out[i] = np.uint8(np.rint(np.float32(colour[i]) * a + np.float32(rgb[i]) * b))  # a convex blend: in [0, 255]
+
+
+@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
+def blend(colour, rgb, alpha, out):  # pragma: no cover - compiled
+    """h×w×3 uint8 images: out = round(alpha · colour + (1 − alpha) · rgb)."""
+    _blend(colour.reshape(colour.size), rgb.reshape(rgb.size), alpha, out.reshape(out.size))
+
+
+@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
+def expand_labels(small, rows, cols, lut, rgb, alpha, labels, colour, overlay):  # pragma: no cover - compiled
+    """Network-resolution labels → RGB-resolution labels, palette colour and overlay, in one pass.
+
+    Output pixel (y, x) takes ``small[rows[y], cols[x]]`` (nearest neighbour); ``lut`` is a
+    (≥ max label + 1)×3 uint8 table; overlay blends the colour over ``rgb`` with weight ``alpha``.
+    Any of labels / colour / overlay may be empty and is then not written. Output rows that take the
+    same source row as the row before are copied, not looked up again.
+    """
+    h = rows.size
+    w = cols.size
+    want_labels, want_colour, want_overlay = labels.size > 0, colour.size > 0, overlay.size > 0
+    lab_row = np.empty(w, small.dtype)
+    col_row = np.empty(w * 3, np.uint8)
+    prev = -1
+    for y in range(h):
+        sy = rows[y]
+        if sy != prev:
+            src = small[sy]
+            for x in range(w):
+                lab_row[x] = src[cols[x]]
+            if want_colour or want_overlay:
+                for x in range(w):
+                    c = lab_row[x]
+                    col_row[3 * x] = lut[c, 0]
+                    col_row[3 * x + 1] = lut[c, 1]
+                    col_row[3 * x + 2] = lut[c, 2]
+            prev = sy
+        if want_labels:
+            dst_l = labels[y]
+            for x in range(w):
+                dst_l[x] = lab_row[x]
+        if want_colour:
+            dst_c = colour[y].reshape(w * 3)
+            for i in range(w * 3):
+                dst_c[i] = col_row[i]
+        if want_overlay:
+            _blend(col_row, rgb[y].reshape(w * 3), alpha, overlay[y].reshape(w * 3))
