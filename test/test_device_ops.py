@@ -175,6 +175,36 @@ def test_network_inputs_agree_and_the_grid_is_cached():
     assert (on._device_ops.grids_built, on.registrar.maps_built) == (built, maps) == (1, 1)
 
 
+@pytest.fixture(scope="module")
+def onnx_builtin(tmp_path_factory):
+    from rgbt_seg_ros.inference import load_model
+    from rgbt_seg_ros.inference.export import exported_backend
+
+    network, card = load_model(builtin_model_path())
+    return exported_backend(network, card, tmp_path_factory.mktemp("onnx"))
+
+
+def test_onnxruntime_device_path_uses_io_binding_and_agrees(onnx_builtin):
+    # the device path with onnxruntime: torch tensors in, onnxruntime writes the logits into a torch tensor
+    f = frame(1, 360, 640, False)
+    reg, aux_hw, geometry = REGISTRATIONS["plane"]
+    aux = thermal(f["thermal"], "mono16", aux_hw)
+    a, b, on = run_both({"registration": reg}, f["rgb"], aux, "mono16", be=onnx_builtin, **geometry)
+    assert on.backend.name.startswith("onnxruntime-CPU") and on.backend.device.type == "cpu"
+    assert_agree(a, b)
+    rng = np.random.default_rng(0)
+    rgb = torch.from_numpy(rng.standard_normal((1, 3, 144, 256)).astype(np.float32))
+    aux_t = torch.from_numpy(rng.standard_normal((1, 1, 144, 256)).astype(np.float32))
+    bound = onnx_builtin.infer_tensors(rgb, aux_t)
+    assert isinstance(bound, torch.Tensor) and bound.shape == (1, 6, 144, 256)
+    assert np.allclose(bound.numpy(), onnx_builtin.infer(rgb.numpy(), aux_t.numpy()), atol=1e-5)
+    assert np.allclose(bound.numpy(), backend().infer(rgb.numpy(), aux_t.numpy()), atol=1e-3)  # = torch
+    zeros = onnx_builtin.infer_tensors(rgb, None)  # RGB-only: zeros fed, as infer does
+    assert np.allclose(zeros.numpy(), onnx_builtin.infer(rgb.numpy(), None), atol=1e-5)
+    with pytest.raises(RgbtSegError, match="backend onnxruntime-CPU"):
+        onnx_builtin.infer_tensors(torch.cat([rgb, aux_t], 1), aux_t)  # 4 channels where the graph takes 3
+
+
 class OneByOne(torch.nn.Module):
     """Class 1 where the standardised aux is positive, 0 elsewhere; ``extra`` classes never win."""
 
@@ -237,7 +267,7 @@ def test_device_ops_setting():
     class NumpyBackend:
         card, name = cpu_backend.card, "numpy-test"
 
-    with pytest.raises(RgbtSegError, match="device_ops: 'on' needs the torch backend, not numpy-test"):
+    with pytest.raises(RgbtSegError, match="device_ops: 'on' needs a backend that runs on tensors .* not numpy-test"):
         SegmentationPipeline(NumpyBackend(), {"device_ops": "on"})
     assert not SegmentationPipeline(NumpyBackend(), {"device_ops": "auto"}).on_device
 

@@ -184,3 +184,37 @@ def test_torch_compile_mode_matches_eager():
     np.testing.assert_allclose(compiled.infer(rgb, aux), eager, atol=1e-4)
     with pytest.raises(RgbtSegError, match="compile_mode"):
         TorchBackend(net, card, compile_mode="max")
+
+
+def test_backend_auto_times_torch_against_the_verified_onnx_export(tmp_path, capsys):
+    from rgbt_seg_ros.cli import main as cli_main
+    from rgbt_seg_ros.inference import builtin_model_path, exported_onnx_for
+
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(builtin_model_path().read_bytes())
+    alone = create_backend(model)  # no export beside it: torch, nothing timed
+    assert alone.name == "torch-cpu-fp32" and getattr(alone, "selection", None) is None
+    # an .onnx beside it made from other weights (no source hash) is not taken for an export of this file
+    net, card = load_model(model)
+    export_onnx(net, card, tmp_path / "m.onnx")
+    assert exported_onnx_for(model) is None and getattr(create_backend(model), "selection", None) is None
+    assert cli_main(["export", str(model), "--force"]) == 0  # records the source file's SHA-256
+    assert exported_onnx_for(model) == tmp_path / "m.onnx"
+    chosen = create_backend(model)
+    sel = chosen.selection
+    assert sel.startswith("backend auto: ") and "torch-cpu-fp32" in sel and "onnxruntime-CPU-fp32" in sel
+    assert sel.endswith(f"chose {chosen.name}") and "median of 5 calls at 144×256" in sel
+    timed = [float(part.rsplit(" ", 2)[1]) for part in sel.split(": ", 1)[1].split(" (")[0].split(", ")]
+    assert len(timed) == 2 and timed[0] <= timed[1] and min(timed) > 0  # the faster one listed first, chosen
+    assert create_backend(model, backend="torch").name == "torch-cpu-fp32"  # an explicit choice is kept
+    assert create_backend(model, precision="bf16").name == "torch-cpu-bf16"  # onnxruntime cannot run bf16
+    save_model(model, net.state_dict(), ModelCard(**{**card.__dict__, "notes": "retrained"}))
+    assert exported_onnx_for(model) is None  # the weights file changed: the export no longer counts
+
+
+def test_backend_choices_and_help_are_the_same_everywhere():
+    from rgbt_seg_ros import inference, tools
+    from rgbt_seg_ros.ros import params
+
+    assert tools.BACKENDS == params.BACKENDS == inference.BACKENDS
+    assert tools.BACKEND_HELP[1:] == params.BACKEND_HELP[1:]  # the node's starts with a capital

@@ -13,6 +13,7 @@ rather than silently dropping the field.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -23,9 +24,18 @@ import torch
 from rgbt_seg_ros.errors import RgbtSegError
 
 CARD_KEY = "rgbt_seg_ros.card"
+SOURCE_KEY = "rgbt_seg_ros.source_sha256"  # ONNX metadata: SHA-256 of the .safetensors file it was exported from
 FORMAT_VERSION = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ModelFileError(RgbtSegError):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from rgbt_seg_ros.errors import RgbtSegError
-from rgbt_seg_ros.inference.artifact import CARD_KEY, ModelCard
+from rgbt_seg_ros.inference.artifact import CARD_KEY, SOURCE_KEY, ModelCard, file_sha256
 from rgbt_seg_ros.inference.onnx_backend import graph_inputs
 
 PARITY_TOLERANCE = 1e-3  # max abs difference of fp32 logits between onnxruntime (CPU) and torch
@@ -52,8 +52,12 @@ def onnx_session(model_bytes_or_path, threads: int = 1):
 
 
 def export_onnx(network: torch.nn.Module, card: ModelCard, path: str | Path, opset: int = 17, dynamic: bool = True,
-                check_sizes: tuple[tuple[int, int], ...] | None = None, seed: int = 0) -> ExportReport:
+                check_sizes: tuple[tuple[int, int], ...] | None = None, seed: int = 0,
+                source: str | Path | None = None) -> ExportReport:
     """Export ``network`` (fp32, eval) to ONNX with the card in ``metadata_props``.
+
+    ``source``: the model file the weights came from; its SHA-256 is recorded (``SOURCE_KEY``) so that
+    ``backend: auto`` knows this ONNX file runs the same weights (``inference.exported_onnx_for``).
 
     The file is written only if onnxruntime's CPU output matches torch within ``PARITY_TOLERANCE`` on every
     size in ``check_sizes`` (default: the card's input size and, for dynamic exports, one other size).
@@ -74,6 +78,9 @@ def export_onnx(network: torch.nn.Module, card: ModelCard, path: str | Path, ops
     proto = onnx.load_from_string(model_bytes)
     entry = proto.metadata_props.add()
     entry.key, entry.value = CARD_KEY, card.to_json()
+    if source is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = SOURCE_KEY, file_sha256(source)
     model_bytes = proto.SerializeToString()
 
     session = onnx_session(model_bytes)

@@ -1,9 +1,15 @@
-"""onnxruntime backend: TensorRT (fp16, engine cache), CUDA or CPU execution providers."""
+"""onnxruntime backend: TensorRT (fp16, engine cache), CUDA or CPU execution providers.
+
+``infer`` takes and returns numpy arrays (the ``Backend`` protocol). ``infer_tensors`` is the pipeline's
+device path: it runs on torch tensors where they already lie (GPU memory with the CUDA/TensorRT providers)
+through onnxruntime's I/O binding, so inputs and logits never pass through the host.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.inference.artifact import read_card
@@ -70,6 +76,9 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.inputs = graph_inputs(self.session, f"model file {path}")
         self.name = f"onnxruntime-{self.session.get_providers()[0].replace('ExecutionProvider', '')}-{precision}"
+        # where infer_tensors expects its tensors: the GPU when a GPU provider took the session
+        on_gpu = self.session.get_providers()[0] != "CPUExecutionProvider"
+        self.device = torch.device(device if on_gpu else "cpu")
 
     def infer(self, rgb: np.ndarray, aux: np.ndarray | None) -> np.ndarray:
         feeds = {}
@@ -81,3 +90,29 @@ class OnnxBackend:
                 aux = np.zeros((n, self.card.aux_channels, h, w), np.float32)
             feeds["aux"] = np.ascontiguousarray(aux, np.float32)
         return self.session.run(["logits"], feeds)[0]
+
+    def infer_tensors(self, rgb: torch.Tensor, aux: torch.Tensor | None) -> torch.Tensor:
+        """float32 N×3×h×w (and N×C×h×w, or None: zeros are fed) on ``self.device`` → float32 logits
+        N×K×h×w on ``self.device``. onnxruntime reads the inputs and writes the logits in place (I/O binding)."""
+        n, _, h, w = rgb.shape
+        tensors = {"rgb": rgb}
+        if "aux" in self.inputs:
+            tensors["aux"] = aux if aux is not None else torch.zeros((n, self.card.aux_channels, h, w),
+                                                                     device=self.device)
+        logits = torch.empty((n, self.card.num_classes, h, w), dtype=torch.float32, device=self.device)
+        binding = self.session.io_binding()
+        kind, index = self.device.type, self.device.index or 0
+        kept = []  # the contiguous float32 copies must outlive the run
+        for name in self.inputs:
+            t = tensors[name].to(self.device, torch.float32).contiguous()
+            kept.append(t)
+            binding.bind_input(name, kind, index, np.float32, tuple(t.shape), t.data_ptr())
+        binding.bind_output("logits", kind, index, np.float32, tuple(logits.shape), logits.data_ptr())
+        if kind == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # torch's work on the inputs is done
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # onnxruntime's own error types; one line naming the backend
+            raise RgbtSegError(f"backend {self.name}: {str(exc).splitlines()[0]}") from None
+        binding.synchronize_outputs()
+        return logits

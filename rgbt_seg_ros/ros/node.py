@@ -153,6 +153,8 @@ class RgbtSegNode(Node):
             f"rgb/image + {self._aux_topic}; registration {self.cfg.registration}; "
             f"{self.modality} normalisation {self._normalisation_text()}; "
             f"RGB-only fallback {'available' if self.rgb_only_possible else 'not supported by this model'}")
+        if getattr(self.backend, "selection", None):
+            self.get_logger().info(self.backend.selection)
 
     def _normalisation_text(self) -> str:
         n = self.pipeline.normalization  # card values under the parameters set: say which were used

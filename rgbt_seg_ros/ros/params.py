@@ -13,6 +13,9 @@ from typing import Any
 from rgbt_seg_ros.errors import RgbtSegError
 
 BACKENDS = ("auto", "torch", "onnxruntime")
+BACKEND_HELP = ("Inference backend: auto = onnxruntime for an .onnx file; for a .safetensors file the faster "
+                "of torch and its ONNX export beside it (made by rgbt-seg export; both timed at start-up), "
+                "else torch")
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODALITIES = ("auto", "thermal", "depth")
 REGISTRATION_MODES = ("identity", "homography", "plane", "depth")
@@ -43,14 +46,15 @@ class ParamSpec:
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("model_file", "string", "", "Model file (.safetensors or .onnx written by rgbt-seg); "
               "empty = the built-in model in share/rgbt_seg_ros/models"),
-    ParamSpec("backend", "string", "auto", "Inference backend", choices=BACKENDS),
+    ParamSpec("backend", "string", "auto", BACKEND_HELP, choices=BACKENDS),
     ParamSpec("device", "string", "cpu", "Torch/onnxruntime device: cpu, cuda or cuda:N"),
     ParamSpec("precision", "string", "fp32", "Network precision", choices=PRECISIONS),
     ParamSpec("compile_mode", "string", "off", "torch backend: torch.compile mode; reduce-overhead adds CUDA "
               "graphs on a GPU. The first frame then waits for the compilation (tens of seconds)",
               choices=("off", "default", "reduce-overhead")),
     ParamSpec("device_ops", "string", "auto", "Pre-/post-processing as torch ops on the network's device: "
-              "auto = when the torch backend runs on CUDA, on, off (numpy/OpenCV on the CPU); "
+              "auto = when the backend (torch, or onnxruntime with the CUDA/TensorRT provider) runs on CUDA, "
+              "on, off (numpy/OpenCV on the CPU); "
               "quote on/off in YAML",
               choices=("auto", "on", "off")),
     ParamSpec("modality", "string", "auto", "Second camera: thermal or depth (subscribes thermal/image or "

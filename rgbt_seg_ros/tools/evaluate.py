@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from rgbt_seg_ros.tools import BACKEND_HELP, BACKENDS
+
 HELP = """evaluate a model file on a dataset: per-class IoU/accuracy, mIoU, mAcc, confusion matrix.
 
 Runs every sample through the same pipeline as `rgbt-seg replay` and scores the labels at the dataset's
@@ -30,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rgb-only", action="store_true", help="feed no thermal/depth image (RGB-only operation)")
     parser.add_argument("--pipeline-config", default=None, help="pipeline YAML (registration; normalisation keys set "
                         "here override the model card's)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"))
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")

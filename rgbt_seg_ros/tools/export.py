@@ -26,7 +26,7 @@ def main(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise RgbtSegError(f"output {out} exists; pass --force to overwrite it")
     network, card = load_model(args.model)
-    report = export_onnx(network, card, out, opset=args.opset, dynamic=not args.static)
+    report = export_onnx(network, card, out, opset=args.opset, dynamic=not args.static, source=args.model)
     sizes = ", ".join(f"{h}x{w}" for h, w in report.checked_hw)
     print(f"wrote {report.path} (opset {report.opset}, {'dynamic' if report.dynamic else 'static'} shapes); "
           f"onnxruntime vs torch max |diff| = {report.max_abs_diff:.2e} at {sizes}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.tools import BACKEND_HELP, BACKENDS
 
 HELP = """Run the pipeline on image files: an RGB folder plus a thermal (or depth) folder whose files have the
 same names (extensions may differ), or one folder of 4-channel RGB+T PNGs as MFNet stores them
@@ -43,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model file (.safetensors or .onnx); default: the built-in model")
     parser.add_argument("--config", type=Path, help="pipeline YAML (registration, resize, overlay; "
                         "normalisation keys set here override the model card's)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"))
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--confidence-format", default="png16", choices=("png16", "npy"),

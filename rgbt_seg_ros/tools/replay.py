@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.tools import BACKEND_HELP, BACKENDS
 
 HELP = """Run the pipeline over a rosbag2 (mcap or sqlite3) or ROS 1 bag and write a rosbag2 (mcap by default).
 
@@ -59,7 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     pipe = parser.add_argument_group("pipeline")
     pipe.add_argument("--config", type=Path, help="pipeline YAML (registration, resize, overlay; "
                       "normalisation keys set here override the model card's)")
-    pipe.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"), help="inference backend")
+    pipe.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     pipe.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     pipe.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     pipe.add_argument("--queue-size", type=int, default=10, help="pairing queue per stream (default 10)")
@@ -337,6 +338,8 @@ def main(args: argparse.Namespace) -> int:
         _resolve_topics(bag, settings)
     pipeline, model_file = build_pipeline(args.model, args.backend, args.device, args.precision, args.config)
     settings.model_file = model_file
+    if getattr(pipeline.backend, "selection", None):
+        print(pipeline.backend.selection, file=sys.stderr)
     for line in check_modality(pipeline.card, settings.modality, settings.rgb_only):
         print(line, file=sys.stderr)
     summary = run_replay(args.bag, args.out, pipeline, settings)
