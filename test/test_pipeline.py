@@ -1,6 +1,9 @@
 """SegmentationPipeline end to end with a real (tiny) torch network behind the real TorchBackend."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -263,3 +266,31 @@ def test_depth_outside_the_view_stays_invalid():
     pipe.process(np.zeros((240, 320, 3), np.uint8), depth, "16UC1", outputs={"labels"})
     seen = net.seen_aux[-1][0, 0].numpy()
     assert np.allclose(seen[:110, :150], 0.0, atol=1e-5) and np.allclose(seen[125:, :], (0.0 - 0.5) / 0.25)
+
+
+@pytest.mark.slow
+def test_kernels_are_compiled_when_the_pipeline_is_built_not_on_the_first_frame():
+    # a fresh process, so that no earlier test compiled anything: building the pipeline compiles every kernel
+    # signature that processing a frame (all outputs, uint8 and uint16 labels) then uses
+    code = textwrap.dedent("""
+        import numpy as np, sys
+        sys.path.insert(0, TEST_DIR)
+        from test_pipeline import WarmIsClassOne, hot_square
+        from rgbt_seg_ros.inference.artifact import ModelCard
+        from rgbt_seg_ros.inference.torch_backend import TorchBackend
+        from rgbt_seg_ros.pipeline import SegmentationPipeline, kernels
+        kinds = (kernels.argmax_softmax, kernels.hwc_to_chw, kernels.expand_labels)
+        for k in (2, 300):  # uint8 and uint16 labels
+            card = ModelCard(network="test_1x1", num_classes=k, class_names=[f"c{i}" for i in range(k)],
+                             palette=[[i % 256, 0, 0] for i in range(k)], input_size=(48, 64))
+            pipe = SegmentationPipeline(TorchBackend(WarmIsClassOne(k), card))
+            before = [len(kernel.signatures) for kernel in kinds]
+            rgb = np.zeros((96, 128, 3), np.uint8)
+            pipe.process(rgb, hot_square((96, 128), (10, 50, 10, 50)), "mono16")
+            pipe.process(rgb, None, outputs={"labels", "confidence"})
+            assert [len(kernel.signatures) for kernel in kinds] == before, (k, before)
+            assert min(before) >= 1
+        print("ok")
+    """).replace("TEST_DIR", repr(str(Path(__file__).parent)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

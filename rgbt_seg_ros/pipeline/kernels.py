@@ -8,8 +8,9 @@ executor keeps receiving while a frame is post-processed.
 ``fastmath`` is a subset on purpose: contraction and reassociation let LLVM vectorise, while ``nnan`` and
 ``ninf`` stay off so that comparisons keep IEEE semantics (a NaN logit never wins the arg-max).
 
-Kernels are compiled on first use (about a second each) and cached on disk next to this file, or in
-numba's user cache directory where the package folder is read-only.
+Kernels are compiled when a ``SegmentationPipeline`` is built (``compile_for``; about a second each the first
+time), not on its first frame, and cached on disk next to this file, or in numba's user cache directory
+where the package folder is read-only.
 """
 from __future__ import annotations
 
@@ -152,3 +153,14 @@ def expand_labels(small, rows, cols, lut, rgb, alpha, labels, colour, overlay): 
                 dst_c[i] = col_row[i]
         if want_overlay:
             _blend(col_row, rgb[y].reshape(w * 3), alpha, overlay[y].reshape(w * 3))
+
+
+def compile_for(label_dtype) -> None:
+    """Compile (or load from the disk cache) the kernels for the exact types the pipeline passes them, on
+    tiny inputs, so that the pipeline pays for it when it is built and not on its first frame."""
+    f32, u8 = np.float32, np.uint8
+    argmax_softmax(np.zeros((2, 1), f32), np.empty(1, label_dtype), np.empty(1, f32))
+    hwc_to_chw(np.zeros((1, 1, 3), u8), np.ones(3, f32), np.zeros(3, f32), np.empty((3, 1, 1), f32))
+    index = np.zeros(1, np.int64)
+    expand_labels(np.zeros((1, 1), label_dtype), index, index, np.zeros((256, 3), u8), np.zeros((1, 1, 3), u8),
+                  0.5, np.empty((1, 1), label_dtype), np.empty((1, 1, 3), u8), np.empty((1, 1, 3), u8))

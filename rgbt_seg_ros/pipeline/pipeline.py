@@ -26,6 +26,7 @@ import numpy as np
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.pipeline.camera import Extrinsics, as_camera_model
 from rgbt_seg_ros.pipeline.config import NormalizationConfig, PipelineConfig, RegistrationConfig
+from rgbt_seg_ros.pipeline.kernels import compile_for
 from rgbt_seg_ros.pipeline.normalize import depth_to_metres, normalize_depth_metres, scale_into, value_range
 from rgbt_seg_ros.pipeline.palettes import palette_for
 from rgbt_seg_ros.pipeline.postprocess import colour_lut, label_dtype, logits_to_labels, render
@@ -74,6 +75,7 @@ class SegmentationPipeline:
         self.num_classes = int(card.num_classes)
         self.palette = palette_for(self.num_classes, getattr(card, "palette", None))
         self._lut = colour_lut(self.palette, self.num_classes)  # covers every id the arg-max can give
+        compile_for(label_dtype(self.num_classes))  # JIT now (or load the cache), not on the first frame
         self.modality = getattr(card, "modality", "thermal")
         self.aux_channels = int(getattr(card, "aux_channels", 1))
         self._rgb_mean = np.asarray(card.rgb_mean, np.float32)
