@@ -58,23 +58,29 @@ def create_backend(model: str | Path | None = None, backend: str = "auto", devic
 AUTO_WARMUP, AUTO_ITERS = 2, 5
 
 
-def median_latency_ms(backend: Backend, iters: int = AUTO_ITERS, warmup: int = AUTO_WARMUP) -> float:
-    """Median wall time of ``backend.infer`` on one random input at the card's size (``backend: auto``)."""
+def infer_times_ms(backend: Backend, rgb, aux, warmup: int, iters: int) -> list[float]:
+    """Wall time (ms) of each of ``iters`` ``backend.infer(rgb, aux)`` calls after ``warmup`` untimed ones."""
     import time
 
+    for _ in range(warmup):
+        backend.infer(rgb, aux)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        backend.infer(rgb, aux)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def median_latency_ms(backend: Backend, iters: int = AUTO_ITERS, warmup: int = AUTO_WARMUP) -> float:
+    """Median of ``infer_times_ms`` on one random input at the card's size (``backend: auto``)."""
     import numpy as np
 
     h, w = backend.card.input_size
     rng = np.random.default_rng(0)
     rgb = rng.standard_normal((1, 3, h, w), dtype=np.float32)
     aux = rng.standard_normal((1, backend.card.aux_channels, h, w), dtype=np.float32)
-    times = []
-    for i in range(warmup + iters):
-        start = time.perf_counter()
-        backend.infer(rgb, aux)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+    return float(np.median(infer_times_ms(backend, rgb, aux, warmup, iters)))
 
 
 def exported_onnx_for(path: str | Path) -> Path | None:
@@ -113,4 +119,4 @@ def _onnx_backend(path: Path, device: str, precision: str) -> Backend:
 
 
 __all__ = ["BACKENDS", "Backend", "ModelCard", "ModelFileError", "builtin_model_path", "create_backend",
-           "exported_onnx_for", "load_model", "median_latency_ms", "read_card", "save_model"]
+           "exported_onnx_for", "infer_times_ms", "load_model", "median_latency_ms", "read_card", "save_model"]

@@ -5,7 +5,6 @@ import argparse
 import json
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -55,22 +54,10 @@ def latency_stats(samples_ms: list[float]) -> dict:
             "fps": 1000.0 / s["mean"], "n": s["n"]}
 
 
-def _time_calls(fn, warmup: int, iters: int, sync=None) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
 def bench_network(name: str, variant: str, backends: list[str], args, h: int, w: int, workdir: Path) -> list[dict]:
     import torch
 
+    from rgbt_seg_ros.inference import infer_times_ms
     from rgbt_seg_ros.inference.artifact import ModelCard
     from rgbt_seg_ros.inference.torch_backend import TorchBackend
     from rgbt_seg_ros.networks import create_network
@@ -96,7 +83,7 @@ def bench_network(name: str, variant: str, backends: list[str], args, h: int, w:
 
             backend = exported_backend(net, card, workdir, args.device, args.precision, args.threads,
                                        check_sizes=((h, w),))
-        samples = _time_calls(lambda: backend.infer(rgb, aux), args.warmup, args.iters)
+        samples = infer_times_ms(backend, rgb, aux, args.warmup, args.iters)
         rows.append({**base, "backend": backend.name, **latency_stats(samples)})
         print(_row_md(rows[-1]), flush=True)
     return rows
