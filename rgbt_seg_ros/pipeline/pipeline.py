@@ -155,18 +155,17 @@ class SegmentationPipeline:
         ``labels`` are at the network resolution with ``label_maps`` = ``tf.nearest_index()`` (CPU path), or
         already at RGB resolution with ``label_maps=None`` (device path: resized on the device, kept as they are).
         """
-        want = {o: o in outputs for o in ("labels", "colour", "overlay")}
-        out_labels = colour = over = None
-        if labels is not None and any(want.values()):
+        want_colour, want_overlay = "colour" in outputs, "overlay" in outputs
+        resize_labels = "labels" in outputs and label_maps is not None
+        out_labels = labels if "labels" in outputs and label_maps is None else None
+        colour = over = None
+        if labels is not None and outputs & {"labels", "colour", "overlay"}:
             with timer("render"):  # on both paths, so that both report the same stages
-                if label_maps is None:
-                    out_labels = labels if want["labels"] else None
-                    want["labels"] = False
-                    label_maps = (np.arange(rgb.shape[0]), np.arange(rgb.shape[1]))
-                if any(want.values()):
-                    rendered, colour, over = render(labels, *label_maps, self._lut, rgb, self.config.overlay_alpha,
-                                                    want["labels"], want["colour"], want["overlay"])
-                    out_labels = rendered if want["labels"] else out_labels
+                if resize_labels or want_colour or want_overlay:
+                    maps = label_maps or (np.arange(rgb.shape[0]), np.arange(rgb.shape[1]))
+                    resized, colour, over = render(labels, *maps, self._lut, rgb, self.config.overlay_alpha,
+                                                   resize_labels, want_colour, want_overlay)
+                    out_labels = resized if resize_labels else out_labels
         timer.stop_total()
         return SegmentationResult(
             labels=out_labels,
