@@ -43,6 +43,42 @@ def test_percentile_agc_matches_numpy_and_ignores_hot_pixels():
     assert _finite01(out)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_percentile_histogram_gives_the_exact_order_statistics(dtype):
+    # 8/16-bit images take the histogram path; it must pick the very samples np.partition picks
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max
+    images = [rng.integers(0, top, (97, 131), dtype=dtype), np.full((40, 50), 7, dtype),
+              np.clip(rng.normal(top * 0.4, top * 0.01, (64, 80)), 0, top).astype(dtype)]
+    images[0][5, 5], images[0][6, 6] = 0, top  # both ends of the range
+    for img in images:
+        for sub in (1, 3):
+            sample = img[::sub, ::sub].reshape(-1)
+            n = sample.size - 1
+            for q in ((0, 100), (1, 99), (2.5, 97.5), (50, 50)):
+                ia, ib = round(q[0] / 100 * n), round(q[1] / 100 * n)
+                part = np.partition(sample.astype(np.int64), (ia, ib))  # the partition path's answer
+                lo, hi = float(part[ia]), float(part[ib])
+                hi = hi if hi > lo else lo + 1.0
+                assert percentile_range(img, q, subsample=sub) == (lo, hi), (q, sub)
+
+
+def test_scale_into_one_pass_equals_the_formula_and_patches_non_finite_values():
+    rng = np.random.default_rng(4)
+    lo, hi, mean, std = 100.0, 900.0, 0.4, 0.3
+    for src in (rng.integers(0, 256, (31, 17), dtype=np.uint8), rng.integers(0, 1200, (31, 17)).astype(np.uint16),
+                rng.uniform(0, 1000, (31, 17)).astype(np.float32)):
+        ref = (np.clip((src.astype(np.float64) - lo) / (hi - lo), 0, 1) - mean) / std
+        assert np.allclose(scale_into(src, lo, hi, mean, std), ref, atol=1e-5)
+        strided = np.asfortranarray(src)  # any layout in, the same numbers out
+        assert np.allclose(scale_into(strided, lo, hi, mean, std), ref, atol=1e-5)
+    bad = np.array([[np.nan, np.inf, -np.inf, 1e30, 500.0]], np.float32)
+    out = scale_into(bad, lo, hi, mean, std)
+    assert np.allclose(out, [(0 - mean) / std] * 3 + [(1 - mean) / std, (0.5 - mean) / std], atol=1e-6)
+    with pytest.raises(RgbtSegError, match="dst must be"):
+        scale_into(bad, lo, hi, dst=np.empty((1, 4), np.float32))
+
+
 def test_32fc1_temperatures_celsius_and_kelvin():
     c = np.array([[-20.0, 20.0, 60.0, np.nan, np.inf]], np.float32)
     out_c, valid = normalize_thermal(c, "32FC1", NormalizationConfig(temperature_range=(-20, 60)))

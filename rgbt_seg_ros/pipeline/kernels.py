@@ -100,6 +100,22 @@ def hwc_to_chw(image, scale, offset, out):  # pragma: no cover - compiled
         o2[i] = np.float32(src[3 * i + 2]) * s2 + b2
 
 
+@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
+def scale_clip(src, a, b, lo, hi, out):  # pragma: no cover - compiled
+    """out = clip(src · a + b, lo, hi) as float32 over same-shaped C-contiguous arrays, in one pass.
+
+    A non-finite float source value is invalid and comes out as ``lo`` (integer sources are always finite).
+    """
+    s = src.reshape(src.size)
+    o = out.reshape(out.size)
+    a, b, lo, hi = np.float32(a), np.float32(b), np.float32(lo), np.float32(hi)
+    for i in range(o.size):
+        x = s[i]
+        v = np.float32(x) * a + b
+        v = v if np.isfinite(x) else lo
+        o[i] = min(max(v, lo), hi)
+
+
 @njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False, inline="always")
 def _blend(colour, rgb, alpha, out):  # pragma: no cover - compiled
     """out = round(alpha · colour + (1 − alpha) · rgb) over flat uint8 arrays, half to even as cv2.addWeighted."""
@@ -161,6 +177,8 @@ def compile_for(label_dtype) -> None:
     f32, u8 = np.float32, np.uint8
     argmax_softmax(np.zeros((2, 1), f32), np.empty(1, label_dtype), np.empty(1, f32))
     hwc_to_chw(np.zeros((1, 1, 3), u8), np.ones(3, f32), np.zeros(3, f32), np.empty((3, 1, 1), f32))
+    for aux_dtype in (u8, np.uint16, f32):  # mono8, mono16 and 32FC1 thermal, depth in metres
+        scale_clip(np.zeros((1, 1), aux_dtype), 1.0, 0.0, 0.0, 1.0, np.empty((1, 1), f32))
     index = np.zeros(1, np.int64)
     expand_labels(np.zeros((1, 1), label_dtype), index, index, np.zeros((256, 3), u8), np.zeros((1, 1, 3), u8),
                   0.5, np.empty((1, 1), label_dtype), np.empty((1, 1, 3), u8), np.empty((1, 1, 3), u8))

@@ -8,11 +8,11 @@ mapped through ``depth_range`` metres.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.pipeline.config import NormalizationConfig
+from rgbt_seg_ros.pipeline.kernels import scale_clip
 
 THERMAL_ENCODINGS = ("mono8", "8UC1", "mono16", "16UC1", "32FC1")
 DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
@@ -39,7 +39,11 @@ def _scale(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def percentile_range(image: np.ndarray, percentiles: tuple[float, float], subsample: int = 4,
                      valid: np.ndarray | None = None) -> tuple[float, float]:
-    """Low/high percentiles of an image (every ``subsample``-th row/column), never an empty range."""
+    """Low/high percentiles of an image (every ``subsample``-th row/column), never an empty range.
+
+    The percentiles are order statistics of the sample (``method="nearest"``): for 8- and 16-bit images they
+    are read off a histogram (one counting pass, whatever the values), otherwise selected by ``np.partition``.
+    """
     sample = image[::subsample, ::subsample]
     if valid is not None:
         sample = sample[valid[::subsample, ::subsample]]
@@ -48,8 +52,13 @@ def percentile_range(image: np.ndarray, percentiles: tuple[float, float], subsam
         return 0.0, 1.0
     n = sample.size - 1
     ia, ib = int(round(percentiles[0] / 100 * n)), int(round(percentiles[1] / 100 * n))
-    part = np.partition(sample, (ia, ib))  # O(n): two order statistics, no full sort
-    lo, hi = float(part[ia]), float(part[ib])
+    if sample.dtype in (np.uint8, np.uint16):
+        # the k-th smallest value (0-based) is the first whose cumulative count exceeds k
+        cumulative = np.cumsum(np.bincount(sample))
+        lo, hi = (float(np.searchsorted(cumulative, i, side="right")) for i in (ia, ib))
+    else:
+        part = np.partition(sample, (ia, ib))  # O(n): two order statistics, no full sort
+        lo, hi = float(part[ia]), float(part[ib])
     if hi <= lo:  # a flat image: keep its level, avoid a zero division
         hi = lo + 1.0
     return lo, hi
@@ -136,16 +145,14 @@ def scale_into(src: np.ndarray, lo: float, hi: float, mean: float = 0.0, std: fl
     Standardisation is affine and increasing, so clipping after it to [(0 − mean)/std, (1 − mean)/std] equals
     clipping before it. Non-finite values of float sources are invalid and come out as the value of 0.
     """
-    if src.dtype.kind == "f":
-        bad = ~np.isfinite(src)
-        if bad.any():
-            src = src.copy()
-            src[bad] = lo
-    a = 1.0 / ((hi - lo) * std)
-    b = (-lo / (hi - lo) - mean) / std
+    src = np.ascontiguousarray(src)
+    if src.dtype not in (np.uint8, np.uint16, np.float32):
+        src = src.astype(np.float32)
     if dst is None:
         dst = np.empty(src.shape, np.float32)
-    cv2.addWeighted(src, a, src, 0.0, b, dst=dst, dtype=cv2.CV_32F)
-    cv2.max(dst, (0.0 - mean) / std, dst=dst)
-    cv2.min(dst, (1.0 - mean) / std, dst=dst)
+    if dst.shape != src.shape or dst.dtype != np.float32 or not dst.flags.c_contiguous:
+        raise RgbtSegError(f"scale_into: dst must be a C-contiguous float32 array of shape {src.shape}")
+    a = 1.0 / ((hi - lo) * std)
+    b = (-lo / (hi - lo) - mean) / std
+    scale_clip(src, a, b, (0.0 - mean) / std, (1.0 - mean) / std, dst)
     return dst
