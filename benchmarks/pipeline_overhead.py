@@ -5,6 +5,9 @@ distortion on both cameras, percentile AGC, resize, post-processing of 9-class l
 confidence, colour and overlay at 1280×720. One thread. The network is a 1×1 convolution run through
 the real TorchBackend; its time (the ``infer`` stage) is subtracted from each call's total.
 
+Each output set (default: labels, then adding confidence, colour and overlay in turn) is measured in
+turns of ``--block`` pairs, so that all of them share the drifts in the machine's speed.
+
 Two clocks are reported: wall time (what a node sees on a quiet core) and the calling thread's CPU time
 (``time.thread_time``), which does not count the time the thread sits preempted — on a shared,
 oversubscribed machine the wall-clock median mostly measures the neighbours.
@@ -13,7 +16,8 @@ oversubscribed machine the wall-clock median mostly measures the neighbours.
 ``--depth`` times depth reprojection with the z-buffer and hole filling (``Registrar.register_depth``) on the
 real 848×480 OpenLORIS frames in ../shared/data when present, else on a synthetic depth image of that size.
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/pipeline_overhead.py [--iters 200] [--breakdown] [--depth]
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/pipeline_overhead.py [--iters 200] [--outputs LIST ...]
+        [--breakdown] [--depth]
 
 Measured figures, with the load they were taken under: BENCHMARKS.md.
 """
@@ -66,12 +70,19 @@ class OneByOne(torch.nn.Module):
         return self.conv(torch.cat([rgb, aux], 1))
 
 
+# What a node computes depends on what is subscribed: each set adds one output to the one before.
+DEFAULT_SETS = ("labels", "labels,confidence", "labels,confidence,colour", "labels,confidence,colour,overlay")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--iters", type=int, default=200, help="measured pairs per output set")
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--outputs", default="labels,colour,confidence,overlay",
-                    help="comma-separated outputs to compute (a node computes only what is subscribed)")
+    ap.add_argument("--outputs", action="append", metavar="LIST",
+                    help="comma-separated outputs to compute (a node computes only what is subscribed); repeat "
+                         "for several sets, measured interleaved; default: " + " | ".join(DEFAULT_SETS))
+    ap.add_argument("--block", type=int, default=10,
+                    help="pairs per set in turn: the sets share the machine's drifts in speed (default 10)")
     ap.add_argument("--breakdown", action="store_true", help="also time each building block alone (thread CPU)")
     ap.add_argument("--depth", action="store_true", help="also time depth reprojection (register_depth), 848×480")
     args = ap.parse_args()
@@ -91,26 +102,42 @@ def main() -> int:
     rng = np.random.default_rng(0)
     rgbs = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(4)]
     ths = [rng.integers(20000, 30000, (512, 640), dtype=np.uint16) for _ in range(4)]
-    outputs = frozenset(o.strip() for o in args.outputs.split(",") if o.strip())
-    print(f"outputs: {', '.join(sorted(outputs))}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    stats = LatencyStats()
-    overhead, overhead_cpu = [], []
-    for i in range(args.warmup + args.iters):
+    sets = [frozenset(o.strip() for o in spec.split(",") if o.strip()) for spec in (args.outputs or DEFAULT_SETS)]
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.iters} pairs per output set, "
+          f"in turns of {args.block}")
+    stats = [LatencyStats() for _ in sets]
+    wall = [[] for _ in sets]
+    cpu = [[] for _ in sets]
+    frame = 0
+
+    def one(k: int, measured: bool) -> None:
+        nonlocal frame
+        frame += 1
         t_cpu = time.thread_time()
-        r = pipe.process(rgbs[i % 4], ths[i % 4], "mono16", rgb_camera=rgb_cam, aux_camera=th_cam, extrinsics=ext,
-                         outputs=outputs)
-        cpu_ms = (time.thread_time() - t_cpu) * 1e3
-        if i >= args.warmup:
-            stats.add(r.timings)
-            overhead.append(r.timings["total"] - r.timings["infer"])
-            overhead_cpu.append(cpu_ms - backend.last_cpu_ms)
-    o, oc = np.asarray(overhead), np.asarray(overhead_cpu)
-    print(stats.format())
+        r = pipe.process(rgbs[frame % 4], ths[frame % 4], "mono16", rgb_camera=rgb_cam, aux_camera=th_cam,
+                         extrinsics=ext, outputs=sets[k])
+        cpu_ms_ = (time.thread_time() - t_cpu) * 1e3
+        if measured:
+            stats[k].add(r.timings)
+            wall[k].append(r.timings["total"] - r.timings["infer"])
+            cpu[k].append(cpu_ms_ - backend.last_cpu_ms)
+
+    for k in range(len(sets)):
+        for _ in range(args.warmup):
+            one(k, False)
+    for start in range(0, args.iters, args.block):
+        for k in range(len(sets)):
+            for _ in range(min(args.block, args.iters - start)):
+                one(k, True)
+    print(f"stages, outputs {', '.join(sorted(sets[-1]))}:")
+    print(stats[-1].format())
     print(f"maps built: {pipe.registrar.maps_built} (once per geometry)")
-    print(f"overhead excluding the network, per pair (wall):       median {np.median(o):.2f} ms, "
-          f"p95 {np.percentile(o, 95):.2f} ms, n={o.size}")
-    print(f"overhead excluding the network, per pair (thread CPU): median {np.median(oc):.2f} ms, "
-          f"p95 {np.percentile(oc, 95):.2f} ms")
+    print("overhead excluding the network, per pair (ms):")
+    print(f"  {'outputs':<36}{'thread CPU median':>18}{'p95':>8}{'wall median':>13}{'p95':>8}")
+    for outputs, c, w in zip(sets, cpu, wall):
+        c, w = np.asarray(c), np.asarray(w)
+        print(f"  {','.join(o for o in ('labels', 'confidence', 'colour', 'overlay', 'registered_aux') if o in outputs):<36}"
+              f"{np.median(c):18.2f}{np.percentile(c, 95):8.2f}{np.median(w):13.2f}{np.percentile(w, 95):8.2f}")
     if args.breakdown:
         breakdown(pipe, rgbs, ths, rgb_cam, th_cam, ext, args.iters)
     if args.depth:

@@ -1,5 +1,9 @@
 """rgbt-seg bench: it measures what it says (figures come from real runs, tables match the JSON)."""
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +39,18 @@ def test_bench_rejects_bad_size_and_backend(capsys):
     assert "--size" in capsys.readouterr().err
     assert cli(["bench", "--backends", "tensorrt"]) == 2
     assert "--backends" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pipeline_overhead_benchmark_measures_each_output_set(tmp_path):
+    # the script behind the issue's overhead figure: every set it is given gets its own row, from real runs
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pipeline_overhead.py"
+    out = subprocess.run([sys.executable, str(script), "--iters", "3", "--warmup", "1", "--block", "2",
+                          "--outputs", "labels", "--outputs", "labels,confidence,overlay"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = re.findall(r"^  (labels\S*)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out.stdout, re.M)
+    assert [r[0] for r in rows] == ["labels", "labels,confidence,overlay"], out.stdout
+    for _, cpu_med, cpu_p95, wall_med, wall_p95 in rows:
+        assert 0 < float(cpu_med) <= float(cpu_p95) and 0 < float(wall_med) <= float(wall_p95)
+    assert "n=3" in out.stdout and "maps built: 1" in out.stdout
