@@ -248,6 +248,40 @@ def test_depth_nearest_warp_and_depth_registration_fallback():
     assert_agree(a, b, label_share=0.999, palette=be.card.palette)
 
 
+class FixedLogits(torch.nn.Module):
+    """Returns the same logits whatever the input: a broken network's NaN and ±inf, chosen per pixel."""
+
+    def __init__(self, logits: np.ndarray):
+        super().__init__()
+        self.register_buffer("logits", torch.from_numpy(logits))
+
+    def forward(self, rgb, aux):
+        return self.logits.clone()
+
+
+def test_nan_and_infinite_logits_follow_the_cpu_kernels_rules():
+    k, h, w = 3, 6, 8
+    logits = np.zeros((1, k, h, w), np.float32)
+    logits[0, 1] = 2.0
+    logits[0, 2, :, :4] = np.nan  # a NaN never wins: label 1 there
+    logits[0, 0, 1, 5] = np.inf  # +inf wins with confidence 1
+    logits[0, :, 2, 6] = np.nan  # all NaN: label 0, confidence 0
+    logits[0, 1, 3, 6] = -np.inf  # -inf is an ordinary loser
+    logits[0, 0, 4, 7], logits[0, 1, 4, 7] = np.nan, 5.0
+    card = ModelCard(network="test_fixed", num_classes=k, class_names=["a", "b", "c"],
+                     palette=[[0, 0, 0], [255, 0, 0], [0, 255, 0]], input_size=(h, w))
+    be = TorchBackend(FixedLogits(logits), card)
+    for rgb_hw in ((h, w), (2 * h, 3 * w)):  # the network's size, and resized back up
+        rgb = np.zeros(rgb_hw + (3,), np.uint8)
+        a, b, _ = run_both({}, rgb, None, outputs={"labels", "confidence"}, be=be)
+        assert np.isfinite(b.confidence).all() and (0 <= b.confidence).all() and (b.confidence <= 1).all()
+        assert np.array_equal(a.labels, b.labels)
+        assert np.allclose(a.confidence, b.confidence, atol=1e-6)
+        if rgb_hw == (h, w):
+            assert a.labels[0, 0] == 1 and a.labels[1, 5] == 0 and a.labels[2, 6] == 0 and a.labels[3, 6] == 0
+            assert a.confidence[1, 5] == 1.0 and a.confidence[2, 6] == 0.0
+
+
 def test_uint16_labels_past_256_classes():
     be = tiny_backend(num_classes=300)
     rgb = np.random.default_rng(1).integers(0, 255, (200, 300, 3), dtype=np.uint8)

@@ -16,7 +16,8 @@ it on ``"cpu"`` against the numpy/OpenCV path, which it reproduces:
   (which also places samples to 1/32 pixel: differences of a fraction of a raw step remain). Then
   ``[lo, hi] → [0, 1]``, clip, standardise per channel (non-finite float values count as ``lo``, as
   ``scale_into`` does).
-* logits: arg-max (ties → lowest id) and max-softmax ``1 / Σ exp(l − max)`` at the network resolution; the
+* logits: arg-max (ties → lowest id) and max-softmax ``1 / Σ exp(l − max)`` at the network resolution, with the
+  CPU kernel's rules for a broken network (a NaN logit never wins; an all-NaN pixel gets label 0, confidence 0); the
   letterbox padding is cut away first; labels come back with OpenCV's ``INTER_NEAREST_EXACT`` source indices
   (taken from ``cv2.resize`` of an index ramp, so they are the very same pixels), confidence bilinearly,
   capped at 1.
@@ -205,8 +206,13 @@ class DeviceOps:
         if (ch, cw) != tf.dst_hw:
             logits = logits[:, :, tf.top:tf.top + ch, tf.left:tf.left + cw]
         labels = conf = None
+        k = logits[0]
+        nan = torch.isnan(k)
+        # the CPU kernel's rules: a NaN logit never wins the arg-max, and an all-NaN pixel gets label 0 and
+        # confidence 0 (torch's argmax/amax would let NaN win and spread it into the softmax)
+        finite_or_inf = torch.where(nan, float("-inf"), k)  # always: testing for NaN first would sync the device
         if need_labels:
-            small = logits[0].argmax(0)  # first maximum: ties go to the lowest class id
+            small = finite_or_inf.argmax(0)  # first maximum: ties go to the lowest class id
             # uint16 ids travel as int16 bits (torch's uint16 has few kernels) and are viewed unsigned on arrival
             small = small.to(torch.uint8 if label_dtype == np.uint8 else torch.int16)
             if not tf.is_identity:
@@ -214,8 +220,11 @@ class DeviceOps:
                 small = small.index_select(0, iy).index_select(1, ix)
             labels = small.cpu().numpy().view(label_dtype)
         if need_confidence:
-            top = logits.amax(1, keepdim=True)
-            c = torch.exp(logits - top).sum(1, keepdim=True).reciprocal_()
+            top = finite_or_inf.amax(0, keepdim=True)
+            # exponents below −87 count as exp(−87) ≈ 0, NaN ones (NaN logits, ∞ − ∞) too, as on the CPU
+            gap = (k - top).clamp_(min=-87.0).nan_to_num_(nan=-87.0)
+            c = torch.exp(gap).sum(0, keepdim=True).reciprocal_().clamp_(max=1.0)
+            c = torch.where(nan.all(0, keepdim=True), 0.0, c)[None]
             if not tf.is_identity:
                 c = F.interpolate(c, size=tf.src_hw, mode="bilinear", align_corners=False, antialias=False)
             conf = c.clamp_(max=1.0)[0, 0].cpu().numpy()
