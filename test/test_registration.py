@@ -253,6 +253,30 @@ def test_zbuffer_keeps_nearest_and_hole_fill_prefers_near():
     assert filled[1, 1] == 3 and filled[0, 0] == 3 and (filled > 0).all()
 
 
+def test_depth_reprojection_onto_an_rgb_grid_past_2_to_the_24_pixels():
+    # a 17 MP RGB grid: the flat pixel index of the lower rows no longer fits float32's 24-bit mantissa
+    rh, rw = 2100, 8192
+    rgb = CameraModel(K=[[4100.3, 0, 4095.7], [0, 4100.3, 1050.2], [0, 0, 1]], D=np.zeros(5), width=rw, height=rh)
+    dep = CameraModel(K=[[260.1, 0, 159.3], [0, 260.1, 119.6], [0, 0, 1]], D=np.zeros(5), width=320, height=240)
+    t = np.array([0.02, 0.001, 0.0])
+    depth = (1 + 3 * np.random.default_rng(5).random((240, 320))).astype(np.float32)
+    reg = Registrar({"mode": "depth", "hole_fill": 0})
+    reg.set_geometry(rgb, dep, Extrinsics(np.eye(3), t))
+    out = reg.register_depth(depth, (rh, rw))
+    # the same projection in float64, written independently
+    v, u = np.mgrid[0:240, 0:320].astype(np.float64)
+    z = depth.astype(np.float64)
+    X, Y = (u - 159.3) / 260.1 * z + t[0], (v - 119.6) / 260.1 * z + t[1]
+    col, row = np.floor(4100.3 * X / z + 4095.7 + 0.5), np.floor(4100.3 * Y / z + 1050.2 + 0.5)
+    inside = (col >= 0) & (col < rw) & (row >= 0) & (row < rh)
+    ref = np.zeros((rh, rw), bool)
+    ref[row[inside].astype(int), col[inside].astype(int)] = True
+    lower = slice((1 << 24) // rw + 1, rh)  # rows whose flat index is past 2^24
+    assert ref[lower].sum() > 1000
+    assert ((out[lower] > 0) != ref[lower]).sum() <= 0.005 * ref[lower].sum()  # float32 rounding at ties only
+    assert ((out > 0) != ref).sum() <= 0.001 * ref.sum()
+
+
 @pytest.mark.skipif(not (DATA / "openloris-rgbd").is_dir(), reason="shared/data/openloris-rgbd is absent")
 def test_openloris_raw_depth_onto_colour_matches_device_alignment():
     root = DATA / "openloris-rgbd"

@@ -269,12 +269,14 @@ class Registrar:
             v += np.float32(0.5)
             np.floor(v, out=v)
             keep &= (u >= 0) & (u < rw) & (v >= 0) & (v < rh)
-            # row · width + column is an exact integer in float32 for any image under 2²⁴ pixels
-            v *= np.float32(rw)
-            v += u
             sel = np.flatnonzero(keep)
-            idx = v.reshape(-1)[sel].astype(np.intp) if rh * rw < (1 << 24) else \
-                v.reshape(-1)[sel].astype(np.float64).astype(np.intp)
+            if rh * rw <= (1 << 24):
+                # row · width + column is an exact integer in float32 up to 2²⁴ pixels: one gather
+                v *= np.float32(rw)
+                v += u
+                idx = v.reshape(-1)[sel].astype(np.intp)
+            else:  # larger RGB images: row and column gathered apart, the index formed in integers
+                idx = v.reshape(-1)[sel].astype(np.intp) * rw + u.reshape(-1)[sel].astype(np.intp)
             Zc = Zc.reshape(-1)[sel]
         # z-buffer: the nearest surface wins where several depth pixels land on one RGB pixel; +inf = nothing landed
         out = np.full(rh * rw, np.inf, np.float32)
