@@ -177,6 +177,11 @@ class Registrar:
             u, v = mu.astype(np.float64), mv.astype(np.float64)
         outside = (u <= _OUTSIDE / 2) | (v <= _OUTSIDE / 2)
         ax, ay = self.aux_coords(u, v, aux_hw, rgb_hw)
+        # A sample within the aux image's own area (its pixel centres ± half a pixel) takes the edge pixel, as
+        # cv2.resize does, instead of blending it with the border value (a dark ring when enlarging); past that
+        # area the aux camera saw nothing and the border value comes in.
+        for coord, size in ((ax, aux_hw[1]), (ay, aux_hw[0])):
+            np.clip(coord, 0.0, size - 1.0, out=coord, where=(coord >= -0.5) & (coord <= size - 0.5))
         ax = np.where(outside, _OUTSIDE, ax).astype(np.float32)
         ay = np.where(outside, _OUTSIDE, ay).astype(np.float32)
         # float maps: with OpenCV's vectorised remap they are as fast as fixed-point ones here, and exact
