@@ -63,6 +63,30 @@ def test_bad_camera_infos_are_named():
         CameraModel(K, [0.1, 0.2], 640, 480, "equidistant")
 
 
+def test_camera_info_roi_is_a_window_of_the_calibrated_frame():
+    # a driver capturing a 480×360 window at (80, 60) of its 640×480 calibration, then binning it 2×2
+    full = SimpleNamespace(k=K, d=[-0.3, 0.1, 0.0, 0.0, 0.0], width=640, height=480, distortion_model="plumb_bob",
+                           p=[500.0, 0, 320.0, 0, 0, 501.0, 240.0, 0, 0, 0, 1.0, 0],
+                           roi=SimpleNamespace(x_offset=0, y_offset=0, width=0, height=0))
+    crop = SimpleNamespace(**{**vars(full), "roi": SimpleNamespace(x_offset=80, y_offset=60, width=480, height=360)})
+    a, b = CameraModel.from_camera_info(full), CameraModel.from_camera_info(crop)
+    assert (b.width, b.height) == (480, 360) and b.K[0, 2] == 240.0 and b.K[1, 2] == 180.0 and b.K[0, 0] == 500.0
+    assert b.P[0, 2] == 240.0 and b.P[1, 2] == 180.0
+    # every ray meets the same pixel: full-frame pixel (u, v) is window pixel (u − 80, v − 60)
+    ext = Extrinsics.identity()
+    for cam, shift in ((a, 0.0), (b, 1.0)):
+        reg = Registrar({"mode": "plane", "plane_distance": 5.0})
+        reg.set_geometry(a, cam, ext)
+        u, v = np.array([100.0, 400.0]), np.array([70.0, 300.0])
+        ax, ay = reg.aux_coords(u, v, (cam.height, cam.width), (480, 640))
+        assert np.allclose(ax, u - 80 * shift, atol=1e-6) and np.allclose(ay, v - 60 * shift, atol=1e-6)
+    binned = b.for_size(240, 180)  # the window, binned
+    assert binned.K[0, 2] == pytest.approx((240.0 + 0.5) / 2 - 0.5)
+    bad = SimpleNamespace(**{**vars(full), "roi": SimpleNamespace(x_offset=300, y_offset=0, width=480, height=360)})
+    with pytest.raises(RgbtSegError, match="thermal/camera_info: roi 480×360 at \\(300, 0\\) reaches outside"):
+        CameraModel.from_camera_info(bad, "thermal/camera_info")
+
+
 def test_for_size_scales_intrinsics_and_refuses_other_aspect():
     cam = CameraModel(K, np.zeros(5), 640, 480)
     half = cam.for_size(320, 240)

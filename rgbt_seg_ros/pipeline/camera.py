@@ -120,6 +120,11 @@ class CameraModel:
 
     @classmethod
     def from_camera_info(cls, msg, where: str = "camera_info") -> "CameraModel":
+        """sensor_msgs/CameraInfo (ROS 2 or ROS 1 field names) → the model of the image it describes.
+
+        A non-empty ``roi`` (a subwindow of the calibrated frame, as drivers publish for cropped capture) gives
+        the model of that window; binning needs nothing here (``for_size`` scales to the image's size).
+        """
         def get(*names):
             for n in names:
                 if hasattr(msg, n):
@@ -131,10 +136,30 @@ class CameraModel:
             raise RgbtSegError(f"{where}: has no K/k field; not a CameraInfo")
         header = get("header")
         frame_id = getattr(header, "frame_id", "") if header is not None else ""
+        K = np.array(k, dtype=np.float64).reshape(-1)
+        P = get("p", "P")
+        width, height = int(get("width") or 0), int(get("height") or 0)
+        roi = get("roi")
+        if roi is not None and int(getattr(roi, "width", 0) or 0) and int(getattr(roi, "height", 0) or 0):
+            # the image is a subwindow of the calibrated (unbinned) frame: the same lens, the principal point
+            # moved by the window's offset; binning then scales it to the image (for_size, pixel centres)
+            x0, y0 = int(roi.x_offset), int(roi.y_offset)
+            rw, rh = int(roi.width), int(roi.height)
+            if x0 < 0 or y0 < 0 or x0 + rw > width or y0 + rh > height:
+                raise RgbtSegError(f"{where}: roi {rw}×{rh} at ({x0}, {y0}) reaches outside the calibrated "
+                                   f"{width}×{height} frame")
+            if (x0, y0, rw, rh) != (0, 0, width, height) and K.size == 9:
+                K[2] -= x0
+                K[5] -= y0
+                if P is not None and np.asarray(P).size == 12:
+                    P = np.array(P, dtype=np.float64).reshape(-1)
+                    P[0:4] -= x0 * P[8:12]  # image coordinates shifted: rows of P, as for K
+                    P[4:8] -= y0 * P[8:12]
+                width, height = rw, rh
         try:
-            return cls(K=np.asarray(k, dtype=np.float64), D=get("d", "D"), width=int(get("width") or 0),
-                       height=int(get("height") or 0), distortion_model=get("distortion_model") or "plumb_bob",
-                       frame_id=frame_id, P=get("p", "P"), R=get("r", "R"))
+            return cls(K=K, D=get("d", "D"), width=width, height=height,
+                       distortion_model=get("distortion_model") or "plumb_bob",
+                       frame_id=frame_id, P=P, R=get("r", "R"))
         except RgbtSegError as exc:
             raise RgbtSegError(f"{where}: {exc}") from None
 
