@@ -131,6 +131,35 @@ def test_backwards_clock_jump_resets_instead_of_wedging():
     assert p.stats.dropped["aux"]["late"] == 0
 
 
+def test_a_loop_shorter_than_the_reset_threshold_resets_after_a_run_of_late_messages():
+    # a 0.5 s bag played five times: each jump back (0.5 s) is under reset_threshold (1 s)
+    one = [("rgb", i / 30) for i in range(15)] + [("aux", i / 30 + 0.003) for i in range(15)]
+    one.sort(key=lambda e: e[1])
+    p, pairs = run(one * 5, slop=0.02, reset_threshold=1.0)
+    assert p.stats.resets == 4  # once per jump, after LATE_RUN_RESET late messages of a stream
+    # per loop after the first: the first two frames of each stream are dropped as late, one queued frame per
+    # stream is dropped by the reset, and the last one waits (no later frame yet) until the next loop resets it
+    assert len(pairs) == 14 + 4 * 12 and p.stats.dropped["rgb"]["late"] == 4 * 2
+    assert pairs[-12:] == [(round(i / 30, 6), round(i / 30 + 0.003, 6)) for i in range(2, 14)]
+    # isolated late messages (out-of-order arrivals) do not reset
+    ev = [("rgb", 0.0), ("aux", 0.001), ("rgb", 0.1), ("aux", 0.101), ("rgb", 0.2), ("aux", 0.05), ("aux", 0.201),
+          ("rgb", 0.3), ("aux", 0.15), ("aux", 0.301), ("rgb", 0.4)]
+    p, pairs = run(ev, slop=0.01)
+    assert p.stats.resets == 0 and p.stats.dropped["aux"]["late"] == 2
+    assert pairs == [(0.0, 0.001), (0.1, 0.101), (0.2, 0.201), (0.3, 0.301)]
+
+
+def test_a_repeated_stamp_is_not_late_and_arrival_order_does_not_matter():
+    # the same streams (rgb stamps 1.0 twice, aux 1.0 and 1.02) in two arrival orders: the same pairs
+    for order in (["rgb", "rgb", "aux", "aux"], ["rgb", "aux", "rgb", "aux"]):
+        stamps = {"rgb": [1.0, 1.0], "aux": [1.0, 1.02]}
+        ev = [(s, stamps[s].pop(0)) for s in order]
+        p, pairs = run(ev, slop=0.05)
+        pairs += [(round(x.rgb_stamp, 6), round(x.aux_stamp, 6)) for x in p.flush()]
+        assert pairs == [(1.0, 1.0), (1.0, 1.02)], order
+        assert p.stats.dropped["rgb"]["late"] == 0
+
+
 def test_deterministic_for_same_sequence():
     rng = np.random.default_rng(3)
     rgb = np.cumsum(rng.uniform(0.02, 0.045, 200))
@@ -181,6 +210,10 @@ def test_latest_camera_info():
     h.update(_info(510.0, lower=False, stamp=1.3))  # a ROS 1 message with upper-case fields
     assert h.get().K[0, 0] == 510.0 and h.stamp == pytest.approx(1.3)
     assert h.get(at=10.0) is None  # older than max_age at the image's stamp
+    cropped = _info(510.0, stamp=1.4)
+    cropped.roi = SimpleNamespace(x_offset=80, y_offset=60, width=480, height=360)  # only the window changes
+    h.update(cropped)
+    assert (h.get().width, h.get().K[0, 2]) == (480, 240.0)
 
 
 def test_unusable_camera_info_is_reported_not_raised():

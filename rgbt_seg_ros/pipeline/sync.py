@@ -25,7 +25,9 @@ Where this differs from message_filters:
   message back until its stream has shown a stamp that much newer, so reorderings up to that size are
   undone before any decision (at the cost of that much latency);
 * a stamp that jumps backwards by more than ``reset_threshold`` seconds (a looping bag, a restarted driver)
-  clears all queues and starts afresh (counted in ``resets``) instead of waiting forever;
+  clears all queues and starts afresh (counted in ``resets``) instead of waiting forever; so does a smaller
+  jump (a bag shorter than ``reset_threshold`` played in a loop), once ``LATE_RUN_RESET`` messages in a row of
+  one stream have come in older than what was decided on it (isolated late messages do not reset);
 * every drop is counted per stream and per reason, and pair skews are kept for statistics;
 * ``flush()`` decides every pending message as if no more will arrive (the end of a bag): the wait
   above is skipped, since p's nearest partner among the queued messages is then final; what is left
@@ -47,6 +49,7 @@ from rgbt_seg_ros.errors import RgbtSegError
 
 STREAMS = ("rgb", "aux")
 DROP_REASONS = ("overflow", "unmatched", "late", "reset")
+LATE_RUN_RESET = 3  # consecutive late messages on one stream taken as its clock having gone back
 
 
 def stamp_seconds(stamp: Any) -> float:
@@ -127,6 +130,7 @@ class ApproximateTimePairer:
         self._held: dict[str, list[tuple[float, int, Any]]] = {s: [] for s in STREAMS}  # reorder buffer (heap)
         self._latest: dict[str, float | None] = {s: None for s in STREAMS}  # newest stamp seen per stream
         self._decided: dict[str, float | None] = {s: None for s in STREAMS}  # newest stamp decided per stream
+        self._late_run = {s: 0 for s in STREAMS}  # consecutive arrivals older than the stream's decisions
         self._seq = 0
 
     def reset(self) -> None:
@@ -138,6 +142,7 @@ class ApproximateTimePairer:
             self._held[s] = []
             self._latest[s] = None
             self._decided[s] = None
+            self._late_run[s] = 0
 
     def queued(self, stream: str) -> int:
         return len(self._q[stream]) + len(self._held[stream])
@@ -154,8 +159,9 @@ class ApproximateTimePairer:
         if not np.isfinite(t):
             raise RgbtSegError(f"pairing: {stream} stamp {t} is not finite")
         self.stats.received[stream] += 1
-        latest = self._latest[stream]
-        if latest is not None and t < latest - self.reset_threshold:
+        latest, decided = self._latest[stream], self._decided[stream]
+        self._late_run[stream] = self._late_run[stream] + 1 if decided is not None and t < decided else 0
+        if (latest is not None and t < latest - self.reset_threshold) or self._late_run[stream] >= LATE_RUN_RESET:
             self.stats.resets += 1  # the clock went backwards: a looping bag or a restarted driver
             self.reset()
         if self._latest[stream] is None or t > self._latest[stream]:
@@ -192,7 +198,7 @@ class ApproximateTimePairer:
 
     def _enqueue(self, stream: str, t: float, seq: int, msg: Any) -> None:
         decided = self._decided[stream]
-        if decided is not None and t <= decided:
+        if decided is not None and t < decided:  # an equal stamp (a repeated frame) may still pair
             self._drop(stream, "late", msg)
             return
         q = self._q[stream]
@@ -266,9 +272,11 @@ class LatestCameraInfo:
 
         k = getattr(msg, "k", getattr(msg, "K", None))
         d = getattr(msg, "d", getattr(msg, "D", None))
+        roi = getattr(msg, "roi", None)
         raw_key = (tuple(np.asarray(k, dtype=np.float64).reshape(-1)) if k is not None else None,
                    tuple(np.asarray(d if d is not None else [], dtype=np.float64).reshape(-1)),
-                   getattr(msg, "width", None), getattr(msg, "height", None), getattr(msg, "distortion_model", None))
+                   getattr(msg, "width", None), getattr(msg, "height", None), getattr(msg, "distortion_model", None),
+                   tuple(getattr(roi, f, None) for f in ("x_offset", "y_offset", "width", "height")))
         if raw_key != self._raw_key:
             try:
                 self._model, self.error = CameraModel.from_camera_info(msg, self.name), None
