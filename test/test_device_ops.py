@@ -282,6 +282,28 @@ def test_nan_and_infinite_logits_follow_the_cpu_kernels_rules():
             assert a.confidence[1, 5] == 1.0 and a.confidence[2, 6] == 0.0
 
 
+def test_nearest_warp_picks_the_same_source_pixels_as_cv2_remap():
+    # depth is sampled nearest; at an exact 2× downscale every sample lies on a half-pixel tie
+    from rgbt_seg_ros.pipeline.device_ops import DeviceOps
+    from rgbt_seg_ros.pipeline.registration import Registrar
+    from rgbt_seg_ros.pipeline.resize import ResizeTransform
+
+    dev = DeviceOps("cpu", np.zeros(3), np.ones(3), np.zeros(1), np.ones(1), 2)
+    rng = np.random.default_rng(7)
+    depth = rng.integers(300, 9000, (480, 848)).astype(np.uint16)
+    depth[rng.random(depth.shape) < 0.1] = 0  # invalid pixels
+    ramp = np.tile(np.arange(848, dtype=np.uint16), (480, 1))
+    for cfg in ({"mode": "identity"}, {"mode": "homography", "homography": [[1.02, 0.01, 9.5], [0, 1.0, -4.5], [0, 0, 1]]}):
+        reg = Registrar(cfg)
+        tf = ResizeTransform((480, 848), (240, 424))
+        maps = reg.warp_maps(depth.shape, (480, 848), tf)
+        for img in (ramp, depth):
+            cpu = reg.warp(img, (480, 848), tf, interpolation=cv2.INTER_NEAREST, border_value=0)
+            out = dev.warp(img, dev.grid(maps, img.shape, nearest=True), nearest=True, border=0.0)
+            assert np.array_equal(out[0, 0].numpy(), cpu.astype(np.float32)), cfg
+    assert dev.grids_built == 2  # one per geometry, reused for both images
+
+
 def test_uint16_labels_past_256_classes():
     be = tiny_backend(num_classes=300)
     rgb = np.random.default_rng(1).integers(0, 255, (200, 300, 3), dtype=np.uint8)

@@ -10,7 +10,8 @@ it on ``"cpu"`` against the numpy/OpenCV path, which it reproduces:
   when shrinking, within one uint8 step when enlarging; letterbox padding with the value of a black pixel;
   then ``(x / 255 − mean) / std``.
 * aux: the ``Registrar``'s float32 warp maps (already composed with the resize to the network input) become a
-  ``grid_sample`` grid once per geometry, cached on the device; nearest for depth, bilinear for thermal.
+  ``grid_sample`` grid once per geometry, cached on the device (bilinear, thermal), or for depth the very source
+  pixels ``cv2.remap``'s nearest mode picks, gathered exactly.
   ``cv2.remap``'s constant border is reproduced by sampling ``image − border`` with zero padding and adding
   ``border`` back (exact for both modes); integer images are rounded to their grid as ``cv2.remap`` does
   (which also places samples to 1/32 pixel: differences of a fraction of a raw step remain). Then
@@ -78,7 +79,7 @@ class DeviceOps:
         self._aux_a = self._vec(1.0 / self._aux_std)
         self._aux_b = self._vec(-self._aux_mean / self._aux_std)
         self.num_classes = int(num_classes)
-        self._grids: list[tuple[np.ndarray, np.ndarray, torch.Tensor]] = []
+        self._grids: list[tuple] = []  # (map x, map y, nearest, grid or (index, inside))
         self._nearest: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._taps: dict[tuple, tuple[torch.Tensor, ...]] = {}
         self.grids_built = 0  # tests check the caching
@@ -140,25 +141,36 @@ class DeviceOps:
         return out
 
     # -- aux --------------------------------------------------------------------------------------------
-    def grid(self, maps: tuple[np.ndarray, np.ndarray], aux_hw: tuple[int, int]) -> torch.Tensor:
-        """The ``cv2.remap`` maps (aux pixel coordinates, far negative outside) as a cached ``grid_sample`` grid."""
+    def grid(self, maps: tuple[np.ndarray, np.ndarray], aux_hw: tuple[int, int], nearest: bool = False):
+        """The ``cv2.remap`` maps (aux pixel coordinates, far negative outside) on the device, cached per map pair.
+
+        Bilinear: a ``grid_sample`` grid. Nearest: the source pixel of each output pixel as ``cv2.remap`` picks it
+        (coordinates rounded half to even, as its float-map conversion does) and where it lies inside the image,
+        for an exact gather: ``grid_sample``'s own rounding of float32 grid positions breaks ties differently.
+        """
         mx, my = maps
-        for kx, ky, g in self._grids:
-            if kx is mx and ky is my:  # the Registrar caches its maps per geometry: same objects, same grid
+        for kx, ky, kn, g in self._grids:
+            if kx is mx and ky is my and kn == nearest:  # the Registrar caches its maps per geometry: same objects
                 return g
         ah, aw = aux_hw
-        gx = (mx.astype(np.float64) + 0.5) * (2.0 / aw) - 1.0
-        gy = (my.astype(np.float64) + 0.5) * (2.0 / ah) - 1.0
-        g = torch.from_numpy(np.stack([gx, gy], axis=-1).astype(np.float32)[None]).to(self.device)
+        if nearest:
+            ix, iy = np.rint(mx.astype(np.float64)), np.rint(my.astype(np.float64))
+            inside = (ix >= 0) & (ix < aw) & (iy >= 0) & (iy < ah)
+            flat = np.where(inside, iy * aw + ix, 0).astype(np.int64)
+            g = (torch.from_numpy(flat.reshape(-1)).to(self.device), torch.from_numpy(inside).to(self.device))
+        else:
+            gx = (mx.astype(np.float64) + 0.5) * (2.0 / aw) - 1.0
+            gy = (my.astype(np.float64) + 0.5) * (2.0 / ah) - 1.0
+            g = torch.from_numpy(np.stack([gx, gy], axis=-1).astype(np.float32)[None]).to(self.device)
         if len(self._grids) >= _MAX_CACHED:
             self._grids.pop(0)
-        self._grids.append((mx, my, g))
+        self._grids.append((mx, my, nearest, g))
         self.grids_built += 1
         return g
 
-    def warp(self, aux: np.ndarray, grid: torch.Tensor, nearest: bool, border: float) -> torch.Tensor:
-        """Raw aux h×w (uint8/uint16/float32) → 1×1×H×W float32 sampled at ``grid``; ``border`` outside the image
-        (rounded and clamped to the raw dtype, as ``cv2.remap`` converts its border value)."""
+    def warp(self, aux: np.ndarray, grid, nearest: bool, border: float) -> torch.Tensor:
+        """Raw aux h×w (uint8/uint16/float32) → 1×1×H×W float32 sampled at ``grid`` (``grid(..., nearest)``);
+        ``border`` outside the image (rounded and clamped to the raw dtype, as ``cv2.remap`` converts it)."""
         if aux.dtype.kind in "ui":
             info = np.iinfo(aux.dtype)
             border = float(np.clip(np.rint(border), info.min, info.max))
@@ -166,13 +178,16 @@ class DeviceOps:
             x = self.upload(aux.view(np.int16)).int().bitwise_and_(0xFFFF).float()[None, None]
         else:
             x = self.upload(aux).float()[None, None]
+        if nearest:
+            flat, inside = grid
+            picked = x.reshape(-1).index_select(0, flat).reshape(inside.shape)
+            return torch.where(inside, picked, border)[None, None]
         if border:
             x = x - border
-        out = F.grid_sample(x, grid, mode="nearest" if nearest else "bilinear", padding_mode="zeros",
-                            align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if border:
             out += border
-        if aux.dtype.kind in "ui" and not nearest:
+        if aux.dtype.kind in "ui":
             out.round_()  # cv2.remap of an integer image gives that integer type
         return out
 

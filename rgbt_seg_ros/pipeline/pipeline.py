@@ -206,7 +206,7 @@ class SegmentationPipeline:
                     nearest = self.modality == "depth"
                     outside = lo + self._outside_fraction * (hi - lo)
                     with timer("register"):
-                        grid = dev.grid(self.registrar.warp_maps(aux.shape, rgb_hw, tf), aux.shape)
+                        grid = dev.grid(self.registrar.warp_maps(aux.shape, rgb_hw, tf), aux.shape, nearest)
                         warped = dev.warp(aux, grid, nearest=nearest, border=outside)
                         dev.sync()
                     with timer("normalize_aux"):
