@@ -1,6 +1,7 @@
 """Bag reading (rosbag2 mcap/sqlite3, ROS 1) and atomic rosbag2 writing through rosbags."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -196,9 +197,19 @@ def test_writer_refuses_existing_and_input_overlap(tmp_path):
     with pytest.raises(RgbtSegError, match="overlaps input"):
         with BagWriter(tmp_path / "in", protect=[tmp_path / "in"]):
             pass
-    with BagWriter(out, force=True) as w:
-        w.write("/s", 1, w.msg_class("std_msgs/msg/String")(data="x"), "std_msgs/msg/String")
-    assert not (out / "keep.txt").exists() and (out / "metadata.yaml").exists()
+    # --force replaces a bag, never a folder of something else (nor a file)
+    (tmp_path / "a_file").write_text("mine too")
+    for path in (out, tmp_path / "a_file"):
+        with pytest.raises(RgbtSegError, match="is not a rosbag2 folder"):
+            with BagWriter(path, force=True):
+                pass
+    assert (out / "keep.txt").read_text() == "mine" and (tmp_path / "a_file").read_text() == "mine too"
+    bag = tmp_path / "bag"
+    for data in ("old", "new"):
+        with BagWriter(bag, force=True) as w:
+            w.write("/s", 1, w.msg_class("std_msgs/msg/String")(data=data), "std_msgs/msg/String")
+    with BagReader(bag) as r:
+        assert [r.deserialize(m).data for m in r.messages()] == ["new"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -220,6 +231,67 @@ def test_failed_write_leaves_nothing_and_keeps_old_output(tmp_path, error):
             raise error("midway")
     assert tree_hash(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_interrupted_final_rename_puts_the_old_bag_back(tmp_path, monkeypatch):
+    import rgbt_seg_ros.io.bag as bag_module
+
+    String = output_typestore().types["std_msgs/msg/String"]
+    out = tmp_path / "out"
+    with BagWriter(out) as w:
+        w.write("/s", 1, String(data="first"), "std_msgs/msg/String")
+    before = tree_hash(out)
+    real, moved_aside = os.replace, []
+
+    def replace(src, dst):  # Ctrl-C after the old bag moved aside, as the new one is to move in
+        if Path(src) == out.absolute():
+            moved_aside.append(dst)
+        elif Path(dst) == out.absolute() and not str(src).endswith(".old"):
+            raise KeyboardInterrupt  # (putting the old bag back is allowed)
+        real(src, dst)
+
+    monkeypatch.setattr(bag_module.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        with BagWriter(out, force=True) as w:
+            w.write("/s", 1, String(data="second"), "std_msgs/msg/String")
+    assert moved_aside and tree_hash(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_write_errors_are_one_line_and_created_folders_go(tmp_path, monkeypatch):
+    String = output_typestore().types["std_msgs/msg/String"]
+    out = tmp_path / "new1" / "new2" / "out"
+    with pytest.raises(RgbtSegError, match=r"output .*out: cannot write /s \(\[Errno 28\] No space left on device"):
+        with BagWriter(out) as w:
+            def full(*_):
+                raise OSError(28, "No space left on device")
+            monkeypatch.setattr(w._writer, "write", full)
+            w.write("/s", 1, String(data="x"), "std_msgs/msg/String")
+    assert list(tmp_path.iterdir()) == []  # nor new1/new2, made for the output
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")  # --out . (an empty folder)
+    with BagWriter(Path("."), force=True) as w:
+        w.write("/s", 1, String(data="x"), "std_msgs/msg/String")
+    assert (tmp_path / "here" / "metadata.yaml").is_file()
+
+
+def test_a_custom_type_without_a_stored_definition_is_named(tmp_path):
+    import sqlite3
+
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    store.register(get_types_from_msg("int32 x", "my_pkg/msg/Foo"))
+    path = tmp_path / "humble_style"
+    with Writer(path, version=8, storage_plugin=StoragePlugin.SQLITE3) as w:
+        conn = w.add_connection("/foo", "my_pkg/msg/Foo", typestore=store)
+        w.write(conn, 1, store.serialize_cdr(store.types["my_pkg/msg/Foo"](x=3), "my_pkg/msg/Foo"))
+    db = next(path.glob("*.db3"))
+    with sqlite3.connect(db) as con:  # as rosbag2 before Iron wrote them: no definitions
+        con.execute("DELETE FROM message_definitions")
+    with BagReader(path) as bag:
+        with pytest.raises(RgbtSegError, match="topic /foo: type my_pkg/msg/Foo is not a standard ROS 2 type"):
+            bag.ros2_definition(bag.reader.connections[0])
 
 
 def test_qos_profiles_survive_the_copy(tmp_path):

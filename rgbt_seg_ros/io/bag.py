@@ -214,13 +214,15 @@ class BagReader:
     def ros2_definition(self, conn: Connection) -> tuple[str, str]:
         """(msgdef, RIHS01 hash) to declare ``conn``'s type in a rosbag2 output."""
         reader = self.reader
-        if reader.is2:
-            if conn.msgdef.format != MessageDefinitionFormat.NONE and conn.msgdef.data and conn.digest:
-                return conn.msgdef.data, conn.digest
-            return reader.typestore.generate_msgdef(conn.msgtype, ros_version=2)[0], \
-                reader.typestore.hash_rihs01(conn.msgtype)
-        store = self._ros2_store_for(conn.msgtype)
-        return store.generate_msgdef(conn.msgtype, ros_version=2)[0], store.hash_rihs01(conn.msgtype)
+        if reader.is2 and conn.msgdef.format != MessageDefinitionFormat.NONE and conn.msgdef.data and conn.digest:
+            return conn.msgdef.data, conn.digest
+        try:
+            store = reader.typestore if reader.is2 else self._ros2_store_for(conn.msgtype)
+            return store.generate_msgdef(conn.msgtype, ros_version=2)[0], store.hash_rihs01(conn.msgtype)
+        except Exception as exc:  # a custom type in a bag that stores no definitions (rosbag2 before Iron)
+            raise RgbtSegError(f"topic {conn.topic}: type {conn.msgtype} is not a standard ROS 2 type and bag "
+                               f"{self.path} stores no definition for it, so it cannot be copied to the output "
+                               f"({_first_line(exc)})") from None
 
     def qos(self, conn: Connection) -> list[Qos]:
         """The QoS profiles ``ros2 bag play`` should offer for ``conn`` (the recorded ones; latched ROS 1
@@ -276,7 +278,7 @@ class BagWriter:
                  protect: Iterable[str | Path] = ()):
         if storage not in STORAGES:
             raise RgbtSegError(f"storage {storage!r}: choose one of {', '.join(STORAGES)}")
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # "." has no name to build the temporary sibling from
         self.storage = storage
         self.force = force
         self.protect = [Path(p) for p in protect]
@@ -284,15 +286,22 @@ class BagWriter:
         self._writer: Writer | None = None
         self._tmpdir: Path | None = None
         self._conns: dict[tuple[str, str], Connection] = {}
+        self._created: Path | None = None
         self.counts: dict[str, int] = {}
 
     def __enter__(self) -> "BagWriter":
         for p in self.protect:
             if _overlaps(self.path, p):
                 raise RgbtSegError(f"output {self.path}: overlaps input {p}; choose another output path")
-        if self.path.exists() and not self.force:
-            raise RgbtSegError(f"output {self.path} exists; pass --force to overwrite it")
+        if self.path.exists():
+            if not self.force:
+                raise RgbtSegError(f"output {self.path} exists; pass --force to overwrite it")
+            if not _replaceable(self.path):
+                raise RgbtSegError(f"output {self.path} exists and is not a rosbag2 folder; --force replaces only "
+                                   "a bag (or an empty folder), so choose another output path")
         parent = self.path.parent
+        missing = [p for p in (parent, *parent.parents) if not p.exists()]
+        self._created = missing[-1] if missing else None  # the top folder this writer creates, removed on failure
         try:
             parent.mkdir(parents=True, exist_ok=True)
             # A sibling folder on the same file system, so the final rename is atomic.
@@ -301,9 +310,10 @@ class BagWriter:
             self._writer = Writer(self._tmpdir / self.path.name, version=ROSBAG2_VERSION,
                                   storage_plugin=STORAGES[self.storage])
             self._writer.open()
-        except OSError as exc:
-            self._cleanup()
-            raise RgbtSegError(f"output {self.path}: cannot create ({exc.strerror or exc})") from None
+        except Exception as exc:
+            self._cleanup(failed=True)
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+            raise RgbtSegError(f"output {self.path}: cannot create ({detail})") from None
         return self
 
     def add_connection(self, topic: str, msgtype: str, msgdef: str | None = None, rihs01: str | None = None,
@@ -333,7 +343,10 @@ class BagWriter:
                 raise RgbtSegError(f"topic {topic}: {'not declared' if not keys else 'has several types'}; "
                                    f"pass msgtype")
             msgtype = keys[0][1]
-        self._writer.write(self._conns[(topic, msgtype)], int(log_time), data)
+        try:
+            self._writer.write(self._conns[(topic, msgtype)], int(log_time), data)
+        except Exception as exc:  # a full disk, a vanished folder: OSError, sqlite3 or rosbags errors
+            raise RgbtSegError(f"output {self.path}: cannot write {topic} ({_first_line(exc)})") from None
         self.counts[topic] += 1
 
     def write(self, topic: str, log_time: int, msg: Any, msgtype: str) -> None:
@@ -352,22 +365,43 @@ class BagWriter:
                     writer.abort()
                 except Exception:
                     pass  # the folder is removed below either way
-            self._cleanup()
+            self._cleanup(failed=True)
             return
+        old = None
         try:
-            writer.close()
+            try:
+                writer.close()
+            except Exception as exc:
+                raise RgbtSegError(f"output {self.path}: cannot finish the bag ({_first_line(exc)})") from None
             built = self._tmpdir / self.path.name
             if self.path.exists():
-                # --force: move the old output aside first, so a failure never leaves neither bag.
+                # --force: the old output moves aside first and comes back if the new one cannot take its place
                 old = self._tmpdir / (self.path.name + ".old")
                 os.replace(self.path, old)
             os.replace(built, self.path)
         except BaseException:
-            self._cleanup()
+            if old is not None and old.exists() and not self.path.exists():
+                os.replace(old, self.path)
+            self._cleanup(failed=True)
             raise
         self._cleanup()
 
-    def _cleanup(self) -> None:
+    def _cleanup(self, failed: bool = False) -> None:
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
+        if failed and self._created is not None:
+            # folders made for the output go too, if nothing else was put there meanwhile
+            for folder in (self.path.parent, *self.path.parent.parents):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                if folder == self._created:
+                    break
+            self._created = None
+
+
+def _replaceable(path: Path) -> bool:
+    """What --force may replace: a rosbag2 folder (it has metadata.yaml) or an empty folder, nothing else."""
+    return path.is_dir() and not path.is_symlink() and ((path / "metadata.yaml").is_file() or not any(path.iterdir()))
