@@ -367,3 +367,101 @@ def test_last_thermal_frame_is_segmented_at_the_end(tmp_path, small_model, capsy
     assert [i.pairs_processed for _, i in infos] == [1, 2, 3, 4]
     assert all(i.aux_used and abs(i.pair_skew - 0.003) < 1e-9 for _, i in infos)
     assert len(by_topic["/thermal/image"]) == len(by_topic["/rgb/image"]) == 4
+
+
+def _write_rgbt_bag(path: Path, rgb_hz: float, thermal_hz: float, seconds: float, info_delay: float | None = None):
+    """RGB 80×60 and mono16 thermal 64×48 at the given rates (stamps = receive times), with CameraInfos for
+    both first published ``info_delay`` seconds into the bag (None: no CameraInfo at all)."""
+    from rgbt_seg_ros.io.bag import BagWriter
+    from rgbt_seg_ros.io.image import numpy_to_image_fields
+
+    rng = np.random.default_rng(9)
+    with BagWriter(path) as w:
+        store = w.typestore
+        Header, Time, Image, Info = (store.types[t] for t in ("std_msgs/msg/Header", "builtin_interfaces/msg/Time",
+                                                              "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo"))
+        events = [(round(i * 1e9 / rgb_hz), "rgb") for i in range(int(seconds * rgb_hz))]
+        events += [(round(i * 1e9 / thermal_hz) + 10**6, "thermal") for i in range(int(seconds * thermal_hz))]
+        if info_delay is not None:
+            events += [(round(info_delay * 1e9) + k, f"{cam}_info") for k, cam in enumerate(("rgb", "thermal"))]
+        for t, what in sorted(events):
+            t += 10**9
+            header = Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id=what.split("_")[0])
+            if what.endswith("_info"):
+                cam = what.split("_")[0]
+                wh = (80, 60) if cam == "rgb" else (64, 48)
+                k = np.array([60.0, 0, wh[0] / 2 - 0.5, 0, 60.0, wh[1] / 2 - 0.5, 0, 0, 1])
+                w.write(f"/{cam}/camera_info", t, Info(header=header, height=wh[1], width=wh[0],
+                        distortion_model="plumb_bob", d=np.zeros(5), k=k, r=np.eye(3).reshape(-1),
+                        p=np.zeros(12), binning_x=0, binning_y=0, roi=store.types["sensor_msgs/msg/RegionOfInterest"](
+                            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)),
+                        "sensor_msgs/msg/CameraInfo")
+                continue
+            shape, enc, dtype = ((60, 80, 3), "rgb8", np.uint8) if what == "rgb" else ((48, 64), "mono16", np.uint16)
+            array = rng.integers(0, 250, shape).astype(dtype)
+            w.write(f"/{what}/image", t, Image(header=header, **numpy_to_image_fields(array, enc)),
+                    "sensor_msgs/msg/Image")
+
+
+def test_frames_unpaired_counts_rgb_frames_only(tmp_path, small_model, capsys):
+    # thermal at twice the RGB rate: every RGB frame is paired, half the thermal frames are not
+    bag = tmp_path / "x2"
+    _write_rgbt_bag(bag, rgb_hz=10, thermal_hz=20, seconds=1.0)
+    out = tmp_path / "out"
+    assert cli(["replay", str(bag), "--out", str(out), "--model", str(small_model), "--slop", "0.02",
+                "--no-progress"]) == 0, capsys.readouterr().err
+    with BagReader(out) as res:
+        infos = [res.deserialize(m) for m in res.messages(["/rgbt_seg/info"])]
+    assert len(infos) == 10 and all(i.frames_unpaired == 0 for i in infos)
+
+
+def test_pairs_before_the_first_camera_info_are_skipped(tmp_path, small_model, capsys):
+    plane = tmp_path / "plane.yaml"
+    plane.write_text("registration: {mode: plane, extrinsics: {R: [[1,0,0],[0,1,0],[0,0,1]], t: [0.05,0,0]}}\n")
+    late = tmp_path / "late_info"
+    _write_rgbt_bag(late, rgb_hz=10, thermal_hz=10, seconds=1.0, info_delay=0.35)
+    out = tmp_path / "out"
+    rc = cli(["replay", str(late), "--out", str(out), "--model", str(small_model), "--config", str(plane),
+              "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    # pairs are decided one frame late: those of 0.0, 0.1 and 0.2 s come before the CameraInfos of 0.35 s
+    assert "skipped 3 pairs before the first rgb camera_info and thermal camera_info" in captured.out
+    with BagReader(out) as res:
+        assert res.topics["/rgbt_seg/labels"].count == 7
+    never = tmp_path / "no_info"
+    _write_rgbt_bag(never, rgb_hz=10, thermal_hz=10, seconds=0.5)
+    rc = cli(["replay", str(never), "--out", str(tmp_path / "none"), "--model", str(small_model), "--config",
+              str(plane), "--no-progress"])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning:")]
+    assert rc == 2 and len(err) == 1 and "registration.mode 'plane': needs rgb camera_info" in err[0]
+    assert not (tmp_path / "none").exists()
+
+
+def test_output_topics_already_in_the_input_and_topic_roles(tmp_path, small_model, capsys):
+    bag, first = tmp_path / "in", tmp_path / "first"
+    _write_rgbt_bag(bag, rgb_hz=10, thermal_hz=10, seconds=0.4, info_delay=0.0)
+    assert cli(["replay", str(bag), "--out", str(first), "--model", str(small_model), "--no-progress"]) == 0
+    capsys.readouterr()
+    rc = cli(["replay", str(first), "--out", str(tmp_path / "again"), "--model", str(small_model), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--namespace /rgbt_seg: bag" in err and "already has /rgbt_seg/labels" in err
+    assert cli(["replay", str(first), "--out", str(tmp_path / "again"), "--model", str(small_model),
+                "--namespace", "/second_run", "--no-progress"]) == 0
+    with BagReader(tmp_path / "again") as res:
+        assert res.topics["/second_run/labels"].count == res.topics["/rgbt_seg/labels"].count
+    for flags, expected in (
+            (["--thermal-topic", "/rgb/image"], "--rgb-topic and --thermal-topic: both are /rgb/image"),
+            (["--rgb-info-topic", "/rgb/camera_info", "--aux-info-topic", "/rgb/camera_info"],
+             "--rgb-info-topic and --aux-info-topic: both are /rgb/camera_info"),
+            (["--namespace", "bad ns"], "--namespace 'bad ns': not a ROS 2 namespace"),
+            (["--namespace", "/1st"], "--namespace '/1st': not a ROS 2 namespace")):
+        rc = cli(["replay", str(bag), "--out", str(tmp_path / "x"), "--model", str(small_model),
+                  "--no-progress", *flags])
+        assert rc == 2 and expected in capsys.readouterr().err, flags
+    folder = tmp_path / "not_a_bag"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    rc = cli(["replay", str(bag), "--out", str(folder), "--force", "--no-progress"])
+    assert rc == 2 and "is not a rosbag2 folder" in capsys.readouterr().err
+    assert (folder / "notes.txt").read_text() == "mine"

@@ -296,7 +296,7 @@ class BagWriter:
         if self.path.exists():
             if not self.force:
                 raise RgbtSegError(f"output {self.path} exists; pass --force to overwrite it")
-            if not _replaceable(self.path):
+            if not replaceable_output(self.path):
                 raise RgbtSegError(f"output {self.path} exists and is not a rosbag2 folder; --force replaces only "
                                    "a bag (or an empty folder), so choose another output path")
         parent = self.path.parent
@@ -402,6 +402,6 @@ class BagWriter:
             self._created = None
 
 
-def _replaceable(path: Path) -> bool:
+def replaceable_output(path: Path) -> bool:
     """What --force may replace: a rosbag2 folder (it has metadata.yaml) or an empty folder, nothing else."""
     return path.is_dir() and not path.is_symlink() and ((path / "metadata.yaml").is_file() or not any(path.iterdir()))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     pipe.add_argument("--slop", type=float, default=0.05, help="largest RGB/aux stamp difference of a pair, s (0.05)")
     out = parser.add_argument_group("output")
     out.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"), help="output storage (default mcap)")
-    out.add_argument("--force", action="store_true", help="replace an existing output")
+    out.add_argument("--force", action="store_true", help="replace an existing output bag (never another kind of folder)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -101,6 +102,8 @@ class ReplaySummary:
     decided_at_end: dict = field(default_factory=dict)
     latency_ms: dict = field(default_factory=dict)  # stage -> p50/p95/p99/...
     written: dict = field(default_factory=dict)  # topic -> count
+    skipped_no_camera_info: int = 0  # pairs before the first CameraInfo the registration needs
+    waiting_for: list = field(default_factory=list)
     wall_s: float = 0.0
     first_result: Any = None  # (rgb, SegmentationResult) of the first pair, for previews
 
@@ -110,6 +113,9 @@ class ReplaySummary:
         out = [f"wrote {self.out} in {self.wall_s:.1f} s: {self.messages_in} input messages copied, "
                f"{self.rgb_frames} RGB and {self.aux_frames} aux frames, {self.pairs} segmented",
                f"unpaired frames dropped: {drops}"]
+        if self.skipped_no_camera_info:
+            out.append(f"skipped {self.skipped_no_camera_info} pairs before the first "
+                       f"{' and '.join(self.waiting_for)} (the registration needs it)")
         end_pairs, end_drops = self.decided_at_end.get("pairs", 0), self.decided_at_end.get("dropped", {})
         if end_pairs or any(end_drops.values()):
             out.append(f"decided at the end of the bag (no later frame to wait for): {end_pairs} segmented"
@@ -125,9 +131,23 @@ class ReplaySummary:
         return out
 
 
+def output_topics(namespace: str) -> list[str]:
+    """The topics replay writes its results to, under ``namespace``."""
+    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    return [f"{ns}/{name}" for name in (*OUTPUT_IMAGES, "info")]
+
+
+# a ROS 2 namespace: tokens of letters, digits and underscores, not starting with a digit, joined by "/"
+_NAMESPACE = re.compile(r"/?([A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*)?/?")
+
+
 def _resolve_topics(bag, s: ReplaySettings) -> None:
     from rgbt_seg_ros.io.bag import CAMERA_INFO
 
+    clash = [t for t in output_topics(s.namespace) if t in bag.topics]
+    if clash:
+        raise RgbtSegError(f"--namespace {s.namespace}: bag {bag.path} already has {', '.join(clash)} (recorded with "
+                           "the node running, or a replay's output); pass another --namespace for these results")
     bag.require_topic(s.rgb_topic, IMAGE_TYPES, role="--rgb-topic")
     if not s.rgb_only:
         s.aux_topic = s.aux_topic or f"/{s.modality}/image"
@@ -145,6 +165,13 @@ def _resolve_topics(bag, s: ReplaySettings) -> None:
             bag.require_topic(given, (CAMERA_INFO,), role=flag)
         elif default in bag.topics and bag.topics[default].msgtype == CAMERA_INFO:
             setattr(s, attr, default)
+    roles = [("--rgb-topic", s.rgb_topic), (f"--{s.modality}-topic", None if s.rgb_only else s.aux_topic),
+             ("--rgb-info-topic", s.rgb_info_topic), ("--aux-info-topic", s.aux_info_topic)]
+    given = [(flag, topic) for flag, topic in roles if topic is not None]
+    for i, (flag, topic) in enumerate(given):
+        for other, same in given[i + 1:]:
+            if same == topic:
+                raise RgbtSegError(f"{flag} and {other}: both are {topic}; each input needs its own topic")
 
 
 def _info_msg(store, header, card, settings: ReplaySettings, result, skew: float, pairs: int, unpaired: int):
@@ -178,7 +205,7 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
 
     t_start = time.perf_counter()
     s = settings
-    ns = "/" + s.namespace.strip("/") if s.namespace.strip("/") else ""
+    ns = "/" + s.namespace.strip("/") if s.namespace.strip("/") else ""  # output_topics() names the same
     summary = ReplaySummary(Path(out_bag))
     card = pipeline.card
     latency = LatencyStats()
@@ -188,6 +215,8 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
         infos = {"rgb": LatestCameraInfo("rgb camera_info"), "aux": LatestCameraInfo(f"{s.modality} camera_info")}
         info_topics = {s.rgb_info_topic: "rgb", s.aux_info_topic: "aux"}
         info_topics.pop(None, None)
+        reg_cfg = pipeline.config.registration
+        needs_cameras = reg_cfg.mode in ("plane", "depth")
         total = sum(t.count for t in bag.topics.values())
         with BagWriter(out_bag, storage=s.storage, force=s.force, protect=[in_bag]) as writer:
             store = writer.typestore
@@ -208,6 +237,13 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
                 if aux_item is not None:
                     aux, aux_enc = message_to_numpy(aux_item[0], s.aux_topic)
                 decode_ms = (time.perf_counter() - t0) * 1e3
+                waiting = [info.name for info, configured in ((infos["rgb"], reg_cfg.rgb_camera),
+                                                              (infos["aux"], reg_cfg.aux_camera))
+                           if needs_cameras and aux is not None and info.updates == 0 and not configured]
+                if waiting:  # as the node does: a pair before the first CameraInfo is skipped, not an error
+                    summary.skipped_no_camera_info += 1
+                    summary.waiting_for = waiting
+                    return
                 first = keep_first and summary.first_result is None
                 try:
                     result = pipeline.process(rgb, aux, aux_enc or "mono8", rgb_camera=infos["rgb"].get(),
@@ -228,7 +264,7 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
                     array = getattr(result, name)
                     writer.write(f"{ns}/{name}", rgb_log,
                                  Image(header=header, **numpy_to_image_fields(array, enc or labels_enc)), IMAGE)
-                unpaired = sum(pairer.stats.dropped_total(x) for x in ("rgb", "aux"))
+                unpaired = pairer.stats.dropped_total("rgb")  # RGB frames without a partner, as the node counts
                 summary.pairs += 1
                 writer.write(f"{ns}/info", rgb_log,
                              _info_msg(store, header, card, s, result, skew, summary.pairs, unpaired),
@@ -268,6 +304,10 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
                         segment(pair.rgb, pair.aux, pair.skew)
                     summary.decided_at_end = {"pairs": len(end_pairs), "dropped": {
                         x: pairer.stats.dropped_total(x) - before[x] for x in ("rgb", "aux")}}
+                if summary.skipped_no_camera_info and not summary.pairs:  # no output bag for nothing
+                    raise RgbtSegError(f"registration.mode {reg_cfg.mode!r}: needs {' and '.join(summary.waiting_for)}, "
+                                       f"and bag {bag.path} has none before its last pair; name the topic with "
+                                       "--rgb-info-topic / --aux-info-topic, or give calibration files in --config")
             finally:
                 bar.close()
             summary.written = dict(writer.counts)
@@ -285,6 +325,9 @@ def settings_from_args(args: argparse.Namespace) -> ReplaySettings:
         raise RgbtSegError("--rgb-only: cannot be combined with --thermal-topic / --depth-topic")
     if args.slop < 0:
         raise RgbtSegError(f"--slop: must be ≥ 0 seconds, got {args.slop}")
+    if not _NAMESPACE.fullmatch(args.namespace):
+        raise RgbtSegError(f"--namespace {args.namespace!r}: not a ROS 2 namespace (letters, digits and underscores "
+                           "in /-separated parts, none starting with a digit)")
     return ReplaySettings(rgb_topic=args.rgb_topic, aux_topic=None if args.rgb_only else aux_topic, modality=modality,
                           rgb_info_topic=args.rgb_info_topic, aux_info_topic=args.aux_info_topic,
                           rgb_only=args.rgb_only, namespace=args.namespace, queue_size=args.queue_size,
@@ -319,7 +362,7 @@ def check_modality(card, modality: str, rgb_only: bool, flag: str = "--{}-topic"
 
 
 def main(args: argparse.Namespace) -> int:
-    from rgbt_seg_ros.io.bag import BagReader
+    from rgbt_seg_ros.io.bag import BagReader, replaceable_output
 
     if args.list:
         with BagReader(args.bag) as bag:
@@ -334,6 +377,9 @@ def main(args: argparse.Namespace) -> int:
     # Cheap checks first: a wrong topic or an existing output should not wait for the model to load.
     if args.out.exists() and not args.force:
         raise RgbtSegError(f"output {args.out} exists; pass --force to overwrite it")
+    if args.out.exists() and not replaceable_output(args.out):
+        raise RgbtSegError(f"output {args.out} exists and is not a rosbag2 folder; --force replaces only a bag "
+                           "(or an empty folder), so choose another output path")
     with BagReader(args.bag) as bag:
         _resolve_topics(bag, settings)
     pipeline, model_file = build_pipeline(args.model, args.backend, args.device, args.precision, args.config)
