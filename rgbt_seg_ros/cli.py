@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from rgbt_seg_ros import __version__
 from rgbt_seg_ros.errors import RgbtSegError
@@ -51,14 +53,36 @@ def main(argv: list[str] | None = None) -> int:
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
     module.configure(sub_parser)
     args = sub_parser.parse_args(argv[1:])
+    previous = _on_sigterm_raise()
     try:
         return int(module.main(args) or 0)
     except RgbtSegError as exc:
         print(f"rgbt-seg {name}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"rgbt-seg {name}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"rgbt-seg {name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, docker stop, systemd) unwinds like Ctrl-C, so outputs being written are removed."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _on_sigterm_raise():
+    """Install the SIGTERM handler (main thread only); returns the previous handler, or None if not installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

@@ -465,3 +465,24 @@ def test_output_topics_already_in_the_input_and_topic_roles(tmp_path, small_mode
     rc = cli(["replay", str(bag), "--out", str(folder), "--force", "--no-progress"])
     assert rc == 2 and "is not a rosbag2 folder" in capsys.readouterr().err
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_sigterm_midway_leaves_nothing(tmp_path, small_model, demo_bag):
+    # what `timeout`, `docker stop` and systemd send: the partial output goes, as with Ctrl-C
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "rgbt_seg_ros.cli", "replay", str(demo_bag), "--out", str(out),
+                             "--model", str(small_model), "--no-progress"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.partial-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the replay ended before it could be terminated"
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM and "rgbt-seg replay: terminated" in err, err[-2000:]
+    _no_leftovers(tmp_path, set())
