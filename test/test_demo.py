@@ -137,3 +137,13 @@ def test_demo_with_no_arguments(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli(["demo", "--no-progress"]) == 2
     assert "pass --force" in capsys.readouterr().err
+
+
+def test_demo_bad_arguments_are_one_line(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert cli(["demo", "--out", str(a_file), "--frames", "1", "--no-progress"]) == 2
+    assert f"--out {a_file}: {a_file} is a file, not a folder" in capsys.readouterr().err
+    assert cli(["demo", "--out", str(tmp_path / "d"), "--frames", "0", "--no-progress"]) == 2
+    assert "--frames: must be ≥ 1, got 0" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -113,6 +113,20 @@ def test_bad_inputs_one_line(tmp_path, mfnet_model, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--depth-topic" not in err and "the model expects thermal images" in err
     assert len(err.splitlines()) == 1
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for out in (a_file, a_file / "under"):  # --out a file, or under one: before the model loads
+        rc = cli(["infer", "--rgb", str(MSRS / "vi"), "--thermal", str(MSRS / "ir"), "--out", str(out),
+                  "--model", str(model)])
+        assert rc == 2 and f"--out {out}: {a_file} is a file, not a folder" in capsys.readouterr().err
+    two = tmp_path / "two_channels"
+    for kind, array in (("vi", np.zeros((8, 8, 2), np.uint8)), ("ir", np.zeros((8, 8), np.uint8))):
+        (two / kind).mkdir(parents=True)
+        np.save(two / kind / "a.npy", array)
+    rc = cli(["infer", "--rgb", str(two / "vi"), "--thermal", str(two / "ir"), "--out", str(tmp_path / "o2"),
+              "--model", str(model)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "RGB must have 1, 3 or 4 channels" in err[-1]
 
 
 def test_existing_outputs_refused(tmp_path, mfnet_model, capsys):

@@ -98,6 +98,13 @@ def test_short_step_names_field():
         image_to_numpy(msg, topic="/t")
 
 
+def test_empty_image_names_topic_and_field():
+    for h, w in ((0, 0), (0, 4), (3, 0)):
+        msg = SimpleNamespace(encoding="mono8", height=h, width=w, step=w, is_bigendian=0, data=b"")
+        with pytest.raises(RgbtSegError, match=rf"topic /thermal/image: field height/width: an image of {w}x{h} pixels"):
+            image_to_numpy(msg, topic="/thermal/image")
+
+
 def test_wrong_channel_count_on_output():
     with pytest.raises(RgbtSegError, match="rgb8 needs 3 channel"):
         numpy_to_image_fields(np.zeros((4, 4), np.uint8), "rgb8")

@@ -57,8 +57,9 @@ def image_to_numpy(msg: Any, topic: str | None = None) -> np.ndarray:
     bpp = bytes_per_pixel(encoding, topic)
     dtype, channels = ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height < 0 or width < 0:
-        raise RgbtSegError(f"{_where(topic)}field height/width: negative size {height}x{width}")
+    if height <= 0 or width <= 0:
+        raise RgbtSegError(f"{_where(topic)}field height/width: an image of {width}x{height} pixels has nothing "
+                           "to segment")
     if step < width * bpp:
         raise RgbtSegError(f"{_where(topic)}field step: {step} bytes is shorter than a row "
                            f"(width {width} x {bpp} bytes per pixel for {encoding} = {width * bpp})")

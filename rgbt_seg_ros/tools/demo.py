@@ -80,10 +80,14 @@ def main(args: argparse.Namespace) -> int:
     from rgbt_seg_ros.pipeline.config import PipelineConfig
     from rgbt_seg_ros.pipeline.pipeline import SegmentationPipeline
     from rgbt_seg_ros.synthetic.demo_bag import TOPICS, DemoBagSpec, write_demo_bag
+    from rgbt_seg_ros.tools import check_output_folder
     from rgbt_seg_ros.tools.replay import ReplaySettings, check_modality, run_replay
 
     t0 = time.perf_counter()
     out: Path = args.out
+    if args.frames < 1:
+        raise RgbtSegError(f"--frames: must be ≥ 1, got {args.frames}")
+    check_output_folder(out)
     in_bag, out_bag = out / "demo_input", out / "demo_output"
     for p in (in_bag, out_bag):
         if p.exists() and not args.force:
@@ -118,7 +122,10 @@ def main(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RgbtSegError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
     demo = write_demo_bag(in_bag, spec, force=args.force, progress=progress if bar is not None else None)
     if bar is not None:
         bar.close()

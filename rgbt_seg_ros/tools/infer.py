@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
-from rgbt_seg_ros.tools import BACKEND_HELP, BACKENDS
+from rgbt_seg_ros.tools import BACKEND_HELP, BACKENDS, check_output_folder
 
 HELP = """Run the pipeline on image files: an RGB folder plus a thermal (or depth) folder whose files have the
 same names (extensions may differ), or one folder of 4-channel RGB+T PNGs as MFNet stores them
@@ -87,8 +87,12 @@ def rgb_from_file(image: np.ndarray, path: Path) -> np.ndarray:
 
     if image.dtype != np.uint8:
         raise RgbtSegError(f"file {path}: RGB must be 8-bit, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise RgbtSegError(f"file {path}: RGB must have 1, 3 or 4 channels, got an array of shape {image.shape}")
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -163,6 +167,7 @@ def main(args: argparse.Namespace) -> int:
     from rgbt_seg_ros.pipeline.timing import LatencyStats
     from rgbt_seg_ros.tools.replay import build_pipeline, check_modality
 
+    check_output_folder(args.out)
     pairs, modality, notes = _pairs(args)
     outputs = set(DEFAULT_OUTPUTS) if args.overlay else set(DEFAULT_OUTPUTS) - {"overlay"}
     folders = {name: args.out / name for name in sorted(outputs)}
@@ -177,7 +182,10 @@ def main(args: argparse.Namespace) -> int:
     for line in notes + check_modality(pipeline.card, modality, rgb_only=False, flag="--{}"):
         print(line, file=sys.stderr)
     for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RgbtSegError(f"--out {args.out}: cannot create {folder} ({exc.strerror or exc})") from None
 
     stats = LatencyStats()
     done = skipped = 0
