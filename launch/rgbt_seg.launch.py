@@ -13,7 +13,7 @@ from launch_ros.substitutions import FindPackageShare
 
 ARGS = {
     "params_file": (PathJoinSubstitution([FindPackageShare("rgbt_seg_ros"), "config", "mfnet_rgbt.yaml"]),
-                    "Parameter YAML (rgbt_seg: ros__parameters: ...)"),
+                    "Parameter YAML (/**/rgbt_seg: ros__parameters: ...)"),
     "model_file": ("", "Model file; empty = the one in params_file (or the built-in model)"),
     "namespace": ("", "Namespace of the node and its outputs"),
     "rgb_image": ("rgb/image", "RGB image topic"),

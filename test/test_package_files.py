@@ -19,6 +19,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# rcl matches a parameter file's keys against the node's fully qualified name: "/**/" lets the files apply
+# in any namespace (launch namespace:=cam makes the node /cam/rgbt_seg; a bare "rgbt_seg" key matches only /rgbt_seg)
+NODE_KEY = "/**/rgbt_seg"
 MSGS = sorted((ROOT / "msg").glob("*.msg"))
 LAUNCH = sorted((ROOT / "launch").glob("*.launch.py"))
 PARAM_FILES = [ROOT / "config" / n for n in ("mfnet_rgbt.yaml", "pst900_rgbt.yaml", "realsense_rgbd.yaml",
@@ -104,6 +107,13 @@ def test_launch_files_compile_and_declare_what_they_use(path, tmp_path):
     assert 'executable="rgbt_seg_node"' in src or "rgbt_seg.launch.py" in src
 
 
+def test_parameter_files_apply_to_the_launched_node_in_any_namespace():
+    launch = (ROOT / "launch/rgbt_seg.launch.py").read_text()
+    assert 'name="rgbt_seg", namespace=get("namespace")' in launch
+    for path in PARAM_FILES:
+        assert list(yaml.safe_load(path.read_text())) == [NODE_KEY], path.name
+
+
 def test_replay_passes_only_arguments_the_live_launch_declares():
     live = set(re.findall(r'^\s+"(\w+)": \(', (ROOT / "launch/rgbt_seg.launch.py").read_text(), re.M))
     replay = (ROOT / "launch/replay.launch.py").read_text()
@@ -117,8 +127,8 @@ def test_parameter_files_use_declared_names_and_exact_types(path):
     from rgbt_seg_ros.ros.params import SPECS, validate_params
 
     data = yaml.safe_load(path.read_text())
-    assert list(data) == ["rgbt_seg"] and list(data["rgbt_seg"]) == ["ros__parameters"]
-    params = data["rgbt_seg"]["ros__parameters"]
+    assert list(data) == [NODE_KEY] and list(data[NODE_KEY]) == ["ros__parameters"]
+    params = data[NODE_KEY]["ros__parameters"]
     for key, value in params.items():
         spec = SPECS[key]  # KeyError = a parameter the node does not declare
         # rclpy types parameters statically by their default: 1 for a double is rejected at start-up
@@ -134,7 +144,7 @@ def test_parameter_files_use_declared_names_and_exact_types(path):
 def test_demo_parameters_match_the_demo_rig():
     from rgbt_seg_ros.synthetic.demo_bag import DemoBagSpec
 
-    params = yaml.safe_load((ROOT / "config" / "demo_rgbt.yaml").read_text())["rgbt_seg"]["ros__parameters"]
+    params = yaml.safe_load((ROOT / "config" / "demo_rgbt.yaml").read_text())[NODE_KEY]["ros__parameters"]
     spec = DemoBagSpec()
     np.testing.assert_allclose(np.reshape(params["extrinsic_rotation"], (3, 3)), spec.extrinsic_R, atol=1e-8)
     np.testing.assert_allclose(params["extrinsic_translation"], spec.extrinsic_t)

@@ -463,7 +463,7 @@ def test_demo_bag_through_the_node_with_the_demo_parameters(standin, model_files
     state = standin[0]
     bag = write_demo_bag(tmp_path / "demo", DemoBagSpec(frames=10)).path
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "demo_rgbt.yaml").read_text())
-    params = params["rgbt_seg"]["ros__parameters"]
+    params = params["/**/rgbt_seg"]["ros__parameters"]
     params["model_file"] = str(model_files["fusion_only"])  # the tiny test network, not the built-in model
     node = make_node(standin, **params)
     subscribe(node, *OUTS, info=True)
