@@ -149,6 +149,23 @@ def test_plane_registration_with_camera_infos_per_call():
         pipe2.process(np.zeros((480, 640, 3), np.uint8), aux, "mono16")
 
 
+def test_uncalibrated_camera_info_matters_only_where_intrinsics_are_used():
+    # camera_info_manager without a calibration publishes K = 0: identity and homography never read K
+    uncalibrated = SimpleNamespace(k=[0.0] * 9, d=[], width=320, height=256, distortion_model="plumb_bob",
+                                   header=SimpleNamespace(frame_id="thermal"))
+    aux = hot_square((256, 320), (98, 158, 130, 190))
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    for registration in ({"mode": "identity", "aspect_tolerance": 0.1},
+                         {"mode": "homography", "homography": [[2, 0, 0], [0, 2, 0], [0, 0, 1]]}):
+        pipe, _ = make_pipeline({"registration": registration})
+        r = pipe.process(rgb, aux, "mono16", rgb_camera=uncalibrated, aux_camera=uncalibrated, outputs={"labels"})
+        assert r.aux_used and (r.labels == 1).any()
+    pipe, _ = make_pipeline({"registration": {"mode": "plane"}})
+    with pytest.raises(RgbtSegError, match="camera_info: .*uncalibrated"):
+        pipe.process(rgb, aux, "mono16", rgb_camera=uncalibrated, aux_camera=uncalibrated,
+                     extrinsics=Extrinsics.identity())
+
+
 def test_depth_pipeline_and_letterbox():
     cam = CameraModel(K=[[300, 0, 159.5], [0, 300, 119.5], [0, 0, 1]], D=np.zeros(5), width=320, height=240)
     depth = np.full((240, 320), 8000, np.uint16)  # 8 m far ...
