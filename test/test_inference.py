@@ -132,6 +132,17 @@ def test_export_refuses_a_graph_that_does_not_match(tmp_path):
         export_onnx(Dropouty().eval(), _card(), tmp_path / "bad.onnx")
     assert not list(tmp_path.iterdir())
 
+    class NanInTheGraph(TinyFusion):
+        def forward(self, rgb, aux):  # finite in torch, NaN in a third of the exported graph's logits
+            out = super().forward(rgb, aux)
+            if torch.onnx.is_in_onnx_export():
+                out = torch.cat([out[:, :1] * float("nan"), out[:, 1:]], 1)
+            return out
+
+    with pytest.raises(RgbtSegError, match="differs from torch by inf"):
+        export_onnx(NanInTheGraph().eval(), _card(), tmp_path / "nan.onnx")
+    assert not list(tmp_path.iterdir())
+
 
 def test_registry_model_file_round_trip(tmp_path):
     spec = get_network_spec("fusion_baseline")

@@ -96,7 +96,13 @@ def export_onnx(network: torch.nn.Module, card: ModelCard, path: str | Path, ops
         if got.shape != expected.shape:
             raise RgbtSegError(f"ONNX export of {card.network}: output shape {got.shape} != torch {expected.shape} "
                                f"at {sh}x{sw}")
-        worst = max(worst, float(np.abs(got - expected).max()))
+        # NaN or inf on one side only is the worst disagreement of all (max() would skip a NaN)
+        same_nonfinite = (np.isnan(got) & np.isnan(expected)) | ((got == expected) & ~np.isfinite(expected))
+        if not (np.isfinite(got) | same_nonfinite).all() or not (np.isfinite(expected) | same_nonfinite).all():
+            worst = float("inf")
+        else:
+            diff = np.abs(np.where(same_nonfinite, 0.0, got - expected))
+            worst = max(worst, float(diff.max()) if diff.size else 0.0)
     if not worst <= PARITY_TOLERANCE:
         raise RgbtSegError(f"ONNX export of {card.network}: onnxruntime differs from torch by {worst:.2e} "
                            f"(> {PARITY_TOLERANCE:g}); not written")
