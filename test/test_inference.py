@@ -164,6 +164,42 @@ def test_registry_model_file_round_trip(tmp_path):
             load_model(tmp_path / "wrong.safetensors")
 
 
+def test_malformed_cards_and_files_are_one_line_naming_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from rgbt_seg_ros.inference import exported_onnx_for
+    from rgbt_seg_ros.inference.artifact import CARD_KEY
+
+    spec = get_network_spec("fusion_baseline")
+    net = create_network("fusion_baseline", 4, variant=spec.smallest_variant).eval()
+    good = json.loads(_card(variant=spec.smallest_variant).to_json())
+    for change, expected in (({"format_version": "2.1"}, "format_version must be an integer"),
+                             ({"input_size": 5}, "input_size"), ({"input_size": [48]}, "input_size must be"),
+                             ({"class_names": None}, "malformed field"),
+                             ({"num_classes": "three"}, "malformed field"),
+                             ({"network": "no_such_net"}, "the card's network cannot be built")):
+        path = tmp_path / "bad.safetensors"
+        tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+        save_file(tensors, str(path), metadata={CARD_KEY: json.dumps({**good, **change})})
+        with pytest.raises(ModelFileError) as info:
+            load_model(path)
+        assert str(path) in str(info.value) and expected in str(info.value) and "\n" not in str(info.value), change
+    # a half-copied .onnx: named when asked for; beside a .safetensors it is simply not an export of it
+    path = save_model(tmp_path / "m.safetensors", net.state_dict(), _card(variant=spec.smallest_variant))
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(ModelFileError, match=r"m.onnx: not a readable ONNX file"):
+        read_card(tmp_path / "m.onnx")
+    assert exported_onnx_for(path) is None and create_backend(path).name.startswith("torch")
+    with pytest.raises(ModelFileError, match="an ONNX file holds no torch weights"):
+        load_model(tmp_path / "m.onnx")
+    # weights of another shape: the keys that do not fit are named
+    state = dict(net.state_dict())
+    state.pop(next(iter(state)))
+    save_model(tmp_path / "short.safetensors", state, _card(variant=spec.smallest_variant))
+    with pytest.raises(ModelFileError, match="do not fit network fusion_baseline/.*: missing "):
+        load_model(tmp_path / "short.safetensors")
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_save_model_file_mode_follows_the_umask_like_open(tmp_path, umask):
     old = os.umask(umask)

@@ -96,7 +96,10 @@ def exported_onnx_for(path: str | Path) -> Path | None:
         return None
     from rgbt_seg_ros.inference.artifact import SOURCE_KEY, file_sha256
 
-    props = {p.key: p.value for p in onnx.load(str(candidate), load_external_data=False).metadata_props}
+    try:
+        props = {p.key: p.value for p in onnx.load(str(candidate), load_external_data=False).metadata_props}
+    except Exception:  # a half-copied or foreign .onnx beside the model: not an export of it
+        return None
     return candidate if props.get(SOURCE_KEY) == file_sha256(path) else None
 
 

@@ -67,6 +67,14 @@ class ModelCard:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
+        try:
+            self.num_classes = int(self.num_classes)
+            self.class_names = [str(n) for n in self.class_names]
+            self.palette = [[int(c) for c in rgb] for rgb in self.palette]
+            self.aux_channels = int(self.aux_channels)
+            self.format_version = int(self.format_version)
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"model card: a malformed field ({exc})") from None
         if len(self.class_names) != self.num_classes:
             raise ModelFileError(f"model card: {len(self.class_names)} class_names for num_classes={self.num_classes}")
         if len(self.palette) != self.num_classes:
@@ -74,9 +82,14 @@ class ModelCard:
         if not isinstance(self.normalization, dict):
             raise ModelFileError(f"model card: normalization must be a mapping, "
                                  f"got {type(self.normalization).__name__}")
-        self.input_size = tuple(int(v) for v in self.input_size)
-        for name in ("rgb_mean", "rgb_std", "aux_mean", "aux_std"):
-            setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        try:
+            self.input_size = tuple(int(v) for v in self.input_size)
+            for name in ("rgb_mean", "rgb_std", "aux_mean", "aux_std"):
+                setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"model card: input_size and the means/stds must be lists of numbers ({exc})") from None
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise ModelFileError(f"model card: input_size must be [height, width], got {list(self.input_size)}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -92,10 +105,16 @@ class ModelCard:
                    and f.name not in data]
         if missing:
             raise ModelFileError(f"{source}: card lacks {', '.join(missing)}")
-        if int(data.get("format_version", 1)) > FORMAT_VERSION:
-            raise ModelFileError(f"{source}: card format {data['format_version']} is newer than this package reads "
+        version = data.get("format_version", 1)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ModelFileError(f"{source}: card format_version must be an integer, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise ModelFileError(f"{source}: card format {version} is newer than this package reads "
                                  f"({FORMAT_VERSION}); upgrade rgbt_seg_ros")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except ModelFileError as exc:  # the card's own checks: say which file
+            raise ModelFileError(f"{source}: {exc}") from None
 
 
 def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], card: ModelCard,
@@ -135,7 +154,10 @@ def read_card(path: str | Path) -> ModelCard:
     if path.suffix == ".onnx":
         import onnx
 
-        model = onnx.load(str(path), load_external_data=False)
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError for a truncated or foreign file
+            raise ModelFileError(f"{path}: not a readable ONNX file ({_first_line(exc)})") from None
         props = {p.key: p.value for p in model.metadata_props}
         if CARD_KEY not in props:
             raise ModelFileError(f"{path}: ONNX file has no '{CARD_KEY}' metadata; export it with `rgbt-seg export`")
@@ -159,14 +181,36 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     from rgbt_seg_ros.networks import create_network
 
     path = Path(path)
+    if path.suffix == ".onnx":
+        raise ModelFileError(f"{path}: an ONNX file holds no torch weights; this needs the .safetensors model file")
     card = read_card(path)
-    net = create_network(card.network, card.num_classes, modality=card.modality, variant=card.variant,
-                         pretrained=False, aux_channels=card.aux_channels)
-    state = load_file(str(path), device="cpu")
+    try:
+        net = create_network(card.network, card.num_classes, modality=card.modality, variant=card.variant,
+                             pretrained=False, aux_channels=card.aux_channels)
+    except RgbtSegError as exc:
+        raise ModelFileError(f"{path}: the card's network cannot be built ({exc})") from None
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        def some(keys):
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        raise ModelFileError(f"{path}: weights do not fit network {card.network}/{card.variant}: "
+                             + "; ".join(f"{what} {some(keys)}" for what, keys in (("missing", missing),
+                                                                                    ("unexpected", unexpected)) if keys))
     try:
         net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelFileError(f"{path}: weights do not fit network {card.network}/{card.variant}: {first}") from None
+    except RuntimeError as exc:  # shapes
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).splitlines()[0])
+        raise ModelFileError(f"{path}: weights do not fit network {card.network}/{card.variant}: {detail}") from None
     return net.to(device).eval(), card
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
