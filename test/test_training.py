@@ -136,7 +136,7 @@ def _assert_same_run(a: dict, b: dict):
     for x, y in zip(ta, tb):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
-    for k in a["ema"]:
+    for k in a.get("ema", {}):
         torch.testing.assert_close(a["ema"][k], b["ema"][k], rtol=1e-5, atol=1e-6)
 
 
@@ -161,6 +161,44 @@ def test_resume_continues_the_same_run_and_writes_a_complete_model(tmp_path):
     assert "mIoU" in card.metrics
     net, _ = load_model(res["model"])
     assert net(torch.zeros(1, 3, 32, 64), torch.zeros(1, 1, 32, 64)).shape == (1, 6, 32, 64)
+
+
+def test_resume_is_the_same_run_with_dropout_in_the_network(tmp_path):
+    # freqfusion's Dropout2d draws from the global torch generator: a resumed run must draw the same masks
+    net = {"name": "freqfusion", "variant": "zepto"}
+    train = dict(TINY["train"], ema=None)
+    Trainer(load_config(_cfg(tmp_path / "a", network=net, train=train))).fit()
+    Trainer(load_config(_cfg(tmp_path / "b", network=net, train=train))).fit(max_steps=3)  # stops mid-epoch
+    Trainer(load_config(_cfg(tmp_path / "b", network=net, train=train, resume="auto"))).fit()
+    a = torch.load(tmp_path / "a" / "checkpoint_0000004.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint_0000004.pt", weights_only=True)
+    _assert_same_run(a, b)
+
+
+def test_bad_checkpoints_and_early_stops(tmp_path):
+    # --max-steps keeps its steps even without periodic checkpoints
+    cfg = _cfg(tmp_path / "run", train=dict(TINY["train"], ckpt_every=0, ema=None))
+    assert Trainer(load_config(cfg)).fit(max_steps=1)["step"] == 1
+    ckpt = tmp_path / "run" / "checkpoint_0000001.pt"
+    assert ckpt.is_file()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:1000])
+    other = _cfg(tmp_path / "other", network={"name": "freqfusion", "variant": "zepto"})
+    for path, cfg, expected in ((truncated, _cfg(tmp_path / "t"), "cannot be read"),
+                                (ckpt, other, "does not fit this run's network")):
+        trainer = Trainer(load_config(cfg))
+        with pytest.raises(RgbtSegError, match=f"resume: checkpoint {path}.*{expected}"):
+            trainer.load_checkpoint(path)
+
+
+def test_a_teacher_must_take_the_students_inputs(tmp_path):
+    teacher = Trainer(load_config(_cfg(tmp_path / "teacher", train=dict(TINY["train"], steps=1, ema=None))))
+    teacher_path = teacher.fit()["model"]
+    data = dict(TINY["data"], aux_mean=[0.3], aux_std=[0.2])  # normalised differently from the teacher
+    cfg = _cfg(tmp_path / "student", data=data, train=dict(TINY["train"], steps=1, ema=None),
+               loss=dict(TINY["loss"], kd=1.0, teacher=teacher_path))
+    with pytest.raises(RgbtSegError, match="loss.teacher .*differs from this run in aux_mean, aux_std"):
+        Trainer(load_config(cfg)).fit()
 
 
 def test_model_card_records_the_resolved_training_normalisation(tmp_path):

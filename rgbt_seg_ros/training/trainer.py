@@ -182,6 +182,11 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
 def _rng_state() -> dict:
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": json.dumps(random.getstate()),
@@ -339,8 +344,12 @@ class Trainer:
         self.train_tf.set_epoch(epoch)
         indices = list(sampler)[: self.batches_per_epoch * self.batch_size][skip_batches * self.batch_size:]
         nw = int(self.cfg["data"]["num_workers"])
+        # its own generator: a DataLoader draws its base seed from the global torch generator otherwise,
+        # which would shift every dropout mask after a mid-epoch resume (that makes a new loader)
+        generator = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=indices, num_workers=nw,
-                          drop_last=True, persistent_workers=False, pin_memory=self.device.type == "cuda")
+                          drop_last=True, persistent_workers=False, pin_memory=self.device.type == "cuda",
+                          generator=generator)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
@@ -369,16 +378,23 @@ class Trainer:
         path = Path(path)
         if not path.is_file():
             raise RgbtSegError(f"resume: checkpoint {path} does not exist")
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
-        self._pending_weighting = state.get("weighting")
-        _set_rng_state(state["rng"])
-        self.step = int(state["step"])
+        try:  # weights_only: a checkpoint never unpickles objects, only tensors and plain containers
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:
+            raise RgbtSegError(f"resume: checkpoint {path} cannot be read ({_first_line(exc)})") from None
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None and "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+            self._pending_weighting = state.get("weighting")
+            _set_rng_state(state["rng"])
+            self.step = int(state["step"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise RgbtSegError(f"resume: checkpoint {path} does not fit this run's network and optimiser "
+                               f"({_first_line(exc)})") from None
 
     def _resume_path(self) -> Path | None:
         r = self.cfg["resume"]
@@ -400,6 +416,16 @@ class Trainer:
             if card.num_classes != self.num_classes:
                 raise RgbtSegError(f"loss.teacher {lcfg['teacher']}: {card.num_classes} classes, the data has "
                                    f"{self.num_classes}")
+            # the teacher sees the student's input tensors: it must have been trained on the same ones
+            d = self.cfg["data"]
+            mine = {"modality": self.cfg["modality"], "aux_channels": self.aux_channels,
+                    **{k: tuple(float(v) for v in d[k]) for k in ("rgb_mean", "rgb_std", "aux_mean", "aux_std")}}
+            differs = [k for k, v in mine.items() if getattr(card, k) != v]
+            ours = json.loads(json.dumps(self.train_tf.norm.to_dict()))  # tuples as lists, as a card stores them
+            differs += [f"normalization.{k}" for k, v in card.normalization.items() if ours.get(k, v) != v]
+            if differs:
+                raise RgbtSegError(f"loss.teacher {lcfg['teacher']}: its card differs from this run in "
+                                   f"{', '.join(differs)}; a teacher must take the student's inputs as they are")
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         return self.teacher
@@ -606,7 +632,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0
-        if tcfg["ckpt_every"]:
+        if tcfg["ckpt_every"] or self.step < self.total_steps:  # stopped early (max_steps): keep the steps
             self.save_checkpoint()
         result = {"step": self.step, "seconds": elapsed, "skipped_steps": self.skipped_steps}
         if self.step >= self.total_steps:
