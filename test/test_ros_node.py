@@ -147,7 +147,8 @@ def test_outputs_without_subscribers_are_not_computed(standin, model_files):
     assert len(published(node, "confidence")) == 1
     assert all(not published(node, n) for n in ("labels", "colour", "overlay"))
     stages = published(node, "info")[0].stage_names
-    assert "colour" not in stages and "overlay" not in stages  # skipped inside the pipeline, not only unpublished
+    assert "render" not in stages  # labels, colour and overlay skipped inside the pipeline, not only unpublished
+    assert "postprocess" in stages  # the confidence
 
     subscribe(node, info=False)  # nobody listens: no inference at all
     before = node.counters.pairs_processed
@@ -245,12 +246,18 @@ def test_aux_loss_with_rgb_only_model_keeps_publishing(standin, model_files):
     assert st.level == b"\x01" and "RGB-only" in st.message
     assert _diag(node, "rgb input").level == b"\x00"
 
-    # thermal comes back: fused results again
-    state.clock_ns += 100_000_000
-    pair(node, state.clock_ns)
+    # thermal comes back: its first frame's RGB partner came first and was already run RGB-only, so it is
+    # not published again; from the next pair on, fused results
+    for _ in range(2):
+        state.clock_ns += 100_000_000
+        pair(node, state.clock_ns)
     assert wait_for(lambda: published(node, "info")[-1].aux_used)
     node.diag_timer.fire()
     assert _diag(node, "thermal input").level == b"\x00"
+    stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in published(node, "labels")]
+    assert stamps == sorted(set(stamps))  # each RGB frame at most once, never going backwards
+    c = node.counters
+    assert c.pairs_processed + c.pairs_dropped + c.bad_messages == c.pairs_synced + c.pairs_rgb_only
 
 
 def test_aux_loss_without_rgb_only_support_reports_error(standin, model_files):
@@ -389,11 +396,11 @@ def test_reliable_qos_switch(standin, model_files):
 def test_runtime_parameter_changes(standin, model_files):
     node = make_node(standin, model_file=str(model_files["fusion_only"]))
     Parameter = sys.modules["rclpy.parameter"].Parameter
-    (ok,) = node.set_parameters([Parameter("overlay_alpha", 0.25)])
+    (ok,) = node.set_parameters([Parameter("overlay_alpha", value=0.25)])
     assert ok.successful and node.pipeline.config.overlay_alpha == 0.25
-    (bad,) = node.set_parameters([Parameter("overlay_alpha", 1.5)])
+    (bad,) = node.set_parameters([Parameter("overlay_alpha", value=1.5)])
     assert not bad.successful and "overlay_alpha" in bad.reason
-    (ro,) = node.set_parameters([Parameter("slop", 0.2)])
+    (ro,) = node.set_parameters([Parameter("slop", value=0.2)])
     assert not ro.successful and node.cfg.slop == 0.05
 
 

@@ -100,6 +100,10 @@ class RgbtSegNode(Node):
         self._slot = LatestSlot()
         self._lock = threading.Lock()
         self.counters = health.Counters()
+        # newest RGB stamp handed to the worker (paired or RGB-only) and newest RGB stamp received: an RGB frame
+        # run RGB-only while the aux stream was lost stays in the synchronizer and must not come out again
+        self._handed_stamp: float | None = None
+        self._rgb_stamp: float | None = None
         self.latency = LatencyStats(window=200)
         self.rgb_monitor = health.StreamMonitor("rgb")
         self.aux_monitor = health.StreamMonitor(self.modality)
@@ -177,24 +181,37 @@ class RgbtSegNode(Node):
     def _aux_lost(self, now: float) -> bool:
         return self.aux_monitor.stale(now, self.cfg.aux_timeout, self._start_ref(now))
 
-    def _on_pair(self, rgb_msg, aux_msg) -> None:
-        # Runs under message_filters' lock: hand over and return, never infer here.
+    def _hand_over(self, rgb_msg, aux_msg) -> None:
+        """Give a pair (``aux_msg`` None: RGB-only) to the worker, unless its RGB frame went before (each RGB
+        frame is published at most once, and stamps never go backwards)."""
+        stamp = messages.stamp_seconds(rgb_msg.header)
         with self._lock:
-            self.counters.pairs_synced += 1
+            if self._handed_stamp is not None and stamp <= self._handed_stamp:
+                return
+            self._handed_stamp = stamp
+            if aux_msg is None:
+                self.counters.pairs_rgb_only += 1
+            else:
+                self.counters.pairs_synced += 1
         if self._slot.put((rgb_msg, aux_msg, time.monotonic())):
             with self._lock:
                 self.counters.pairs_dropped += 1
 
+    def _on_pair(self, rgb_msg, aux_msg) -> None:
+        # Runs under message_filters' lock: hand over and return, never infer here.
+        self._hand_over(rgb_msg, aux_msg)
+
     def _on_rgb(self, msg) -> None:
         now = self._now()
         self.rgb_monitor.tick(now)
+        stamp = messages.stamp_seconds(msg.header)
+        with self._lock:
+            if self._rgb_stamp is not None and stamp < self._rgb_stamp:
+                self._handed_stamp = None  # the RGB clock went back (a looping bag): a new timeline
+            self._rgb_stamp = stamp
         if self._aux_lost(now):
             if self.rgb_only_possible and self.cfg.allow_rgb_only:
-                with self._lock:
-                    self.counters.pairs_rgb_only += 1
-                if self._slot.put((msg, None, time.monotonic())):
-                    with self._lock:
-                        self.counters.pairs_dropped += 1
+                self._hand_over(msg, None)
             else:
                 self.get_logger().error(
                     f"{self._aux_topic}: no image for {self.cfg.aux_timeout:.2f} s and model "
@@ -265,7 +282,7 @@ class RgbtSegNode(Node):
             missing = "rgb/camera_info" if self._rgb_camera is None else f"{self.modality}/camera_info"
             raise RgbtSegError(f"{missing}: no CameraInfo received yet; registration={self.cfg.registration} needs it")
         result = self.pipeline.process(rgb, aux, aux_encoding, rgb_camera=self._rgb_camera,
-                                       aux_camera=self._aux_camera, outputs=set(wanted) | {"labels"})
+                                       aux_camera=self._aux_camera, outputs=set(wanted))
         header = rgb_msg.header
         for name in wanted:
             array = getattr(result, name)

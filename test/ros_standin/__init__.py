@@ -11,6 +11,7 @@ fire timers by hand), a plain approximate-time pairing rule in place of message_
 from __future__ import annotations
 
 import array
+import enum
 import inspect
 import sys
 import threading
@@ -63,7 +64,7 @@ def _check(name: str, desc, value):
         t = arg[0]
         ok = (isinstance(value, str) if t == "string" else isinstance(value, bool) if t == "bool"
               else isinstance(value, bytes) and len(value) == 1 if t == "byte"
-              else isinstance(value, (int, float)) and not isinstance(value, bool) if t in _FLOATS
+              else isinstance(value, float) if t in _FLOATS  # rclpy's setters assert float: 1 is refused
               else isinstance(value, int) and not isinstance(value, bool))
         if not ok:
             raise AssertionError(f"stand-in message field {name!r} ({t}) cannot take {value!r}")
@@ -156,7 +157,15 @@ class Logger:
 
 
 class Parameter:
-    def __init__(self, name, value=None):
+    """rclpy.parameter.Parameter(name, type_=None, value=None): the value is the third argument, by keyword."""
+
+    class Type(enum.IntEnum):
+        NOT_SET, BOOL, INTEGER, DOUBLE, STRING, BYTE_ARRAY, BOOL_ARRAY, INTEGER_ARRAY, DOUBLE_ARRAY, STRING_ARRAY = \
+            range(10)
+
+    def __init__(self, name, type_=None, value=None):
+        if type_ is not None and not isinstance(type_, Parameter.Type):
+            raise TypeError(f"type must be an instance of {Parameter.Type!r}")  # what rclpy raises
         self.name, self.value = name, value
 
 
@@ -239,7 +248,7 @@ class Node:
                 if not rng.from_value <= value <= rng.to_value:
                     raise ParameterError(f"Parameter {name} with value {value} is not within the range "
                                          f"[{rng.from_value}, {rng.to_value}]")
-        self._params[name] = Parameter(name, value)
+        self._params[name] = Parameter(name, value=value)
         self._descriptors[name] = descriptor
         return self._params[name]
 
