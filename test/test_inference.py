@@ -123,6 +123,24 @@ def test_export_parity_card_and_onnx_backend(tmp_path):
     assert not (tmp_path / "old.onnx").exists()
 
 
+def test_an_onnx_file_whose_card_does_not_match_its_graph_is_refused_at_load(tmp_path):
+    import onnx
+
+    from rgbt_seg_ros.inference.artifact import CARD_KEY
+
+    export_onnx(TinyFusion().eval(), _card(), tmp_path / "static.onnx", dynamic=False)
+    for change in ({"input_size": [96, 128]}, {"aux_channels": 3}):
+        model = onnx.load(str(tmp_path / "static.onnx"))
+        entry = next(p for p in model.metadata_props if p.key == CARD_KEY)
+        entry.value = json.dumps({**json.loads(entry.value), **change})
+        onnx.save(model, str(tmp_path / "edited.onnx"))
+        with pytest.raises(RgbtSegError, match="edited.onnx: the graph's input .* but its card says"):
+            OnnxBackend(tmp_path / "edited.onnx")
+    with pytest.raises(RgbtSegError, match="backend onnxruntime-CPU-fp32: "):  # a size the graph cannot take
+        OnnxBackend(tmp_path / "static.onnx").infer(np.zeros((1, 3, 40, 56), np.float32),
+                                                      np.zeros((1, 1, 40, 56), np.float32))
+
+
 def test_export_refuses_a_graph_that_does_not_match(tmp_path):
     class Dropouty(TinyFusion):
         def forward(self, rgb, aux):  # differs between the traced call and every later one

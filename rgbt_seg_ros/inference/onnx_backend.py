@@ -73,12 +73,27 @@ class OnnxBackend:
         if threads:
             options.intra_op_num_threads = threads
         providers = choose_providers(device, precision, path.parent / ".trt_cache")
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime's own error types for graphs it cannot load
+            raise RgbtSegError(f"model file {path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
         self.inputs = graph_inputs(self.session, f"model file {path}")
+        self._check_shapes(path)
         self.name = f"onnxruntime-{self.session.get_providers()[0].replace('ExecutionProvider', '')}-{precision}"
         # where infer_tensors expects its tensors: the GPU when a GPU provider took the session
         on_gpu = self.session.get_providers()[0] != "CPUExecutionProvider"
         self.device = torch.device(device if on_gpu else "cpu")
+
+    def _check_shapes(self, path: Path) -> None:
+        """The graph's fixed input dimensions must be what the card says the pipeline will feed."""
+        h, w = self.card.input_size
+        want = {"rgb": (None, 3, h, w), "aux": (None, self.card.aux_channels, h, w)}
+        for i in self.session.get_inputs():
+            dims = list(i.shape)
+            fixed = [(d, e) for d, e in zip(dims, want[i.name]) if isinstance(d, int) and e is not None]
+            if len(dims) != 4 or any(d != e for d, e in fixed):
+                raise RgbtSegError(f"model file {path}: the graph's input {i.name!r} is {dims}, but its card says "
+                                   f"{list(want[i.name][1:])} per image (aux_channels, input_size); re-export it")
 
     def infer(self, rgb: np.ndarray, aux: np.ndarray | None) -> np.ndarray:
         feeds = {}
@@ -89,7 +104,10 @@ class OnnxBackend:
                 n, _, h, w = rgb.shape
                 aux = np.zeros((n, self.card.aux_channels, h, w), np.float32)
             feeds["aux"] = np.ascontiguousarray(aux, np.float32)
-        return self.session.run(["logits"], feeds)[0]
+        try:
+            return self.session.run(["logits"], feeds)[0]
+        except Exception as exc:  # onnxruntime's own error types; one line naming the backend
+            raise RgbtSegError(f"backend {self.name}: {str(exc).splitlines()[0]}") from None
 
     def infer_tensors(self, rgb: torch.Tensor, aux: torch.Tensor | None) -> torch.Tensor:
         """float32 N×3×h×w (and N×C×h×w, or None: zeros are fed) on ``self.device`` → float32 logits
