@@ -248,3 +248,44 @@ def test_photometric_changes_rgb_only_and_modality_dropout_zeroes_aux():
                           flip=False, aux_dropout=1.0)
     r2, a2, _ = drop(sample, 0)
     assert torch.count_nonzero(a2) == 0 and torch.equal(r2, r0)
+
+
+def test_depth_reaches_the_network_as_the_pipeline_feeds_it():
+    # training's resize of depth must not blend invalid zeros into valid depths: nearest, as the pipeline
+    from rgbt_seg_ros.inference.artifact import ModelCard
+    from rgbt_seg_ros.inference.torch_backend import TorchBackend
+    from rgbt_seg_ros.pipeline import SegmentationPipeline
+
+    rng = np.random.default_rng(4)
+    depth = rng.integers(400, 9000, (480, 848)).astype(np.uint16)
+    depth[rng.random(depth.shape) < 0.05] = 0  # RealSense holes
+    rgb = rng.integers(0, 255, (480, 848, 3), dtype=np.uint8)
+    tf = TrainTransform((240, 424), "depth", (0.5,) * 3, (0.25,) * 3, (0.5,), (0.25,), train=False)
+    _, aux_t, _ = tf({"rgb": rgb, "aux": depth, "aux_encoding": "16UC1",
+                      "labels": np.zeros((480, 848), np.uint8)}, 0)
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 2, 1)
+
+        def forward(self, rgb_in, aux_in):
+            self.seen = aux_in.clone()
+            return self.conv(torch.cat([rgb_in, aux_in], 1))
+
+    card = ModelCard(network="spy", num_classes=2, class_names=["a", "b"], palette=[[0, 0, 0], [1, 1, 1]],
+                     input_size=(240, 424), modality="depth", aux_mean=(0.5,), aux_std=(0.25,),
+                     normalization=tf.norm.to_dict())
+    spy = Spy()
+    # the pipeline's depth registration, with one camera for both: depth lands on its own pixels, then is
+    # resized to the network nearest
+    from rgbt_seg_ros.pipeline import CameraModel, Extrinsics
+
+    cam = CameraModel(K=[[600.0, 0, 423.5], [0, 600.0, 239.5], [0, 0, 1]], D=np.zeros(5), width=848, height=480)
+    pipe = SegmentationPipeline(TorchBackend(spy, card), {"registration": {"mode": "depth", "hole_fill": 0}})
+    pipe.process(rgb, depth, "16UC1", rgb_camera=cam, aux_camera=cam, extrinsics=Extrinsics.identity(),
+                 outputs={"labels"})
+    assert torch.allclose(spy.seen[0], aux_t, atol=1e-5)
+    # and no invalid zero is blended into a valid depth: every value is one of the image's own
+    raw = torch.from_numpy(aux_to_unit(depth, "16UC1", "depth", tf.norm)[..., 0].reshape(-1))
+    assert torch.isin(((aux_t[0] * 0.25) + 0.5).reshape(-1).round(decimals=5), raw.round(decimals=5)).all()

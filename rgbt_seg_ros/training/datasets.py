@@ -446,7 +446,7 @@ class TrainTransform:
             h, w = self.size
             rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
             if aux01 is not None:
-                aux01 = _resize_aux(aux01, (w, h))
+                aux01 = _resize_aux(aux01, (w, h), self.modality)
             labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
         rgb_t = (rgb.astype(np.float32) / 255.0 - self.rgb_mean) / self.rgb_std
         c = len(self.aux_mean) if aux01 is None else aux01.shape[2]
@@ -471,7 +471,7 @@ class TrainTransform:
             rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
             labels = cv2.resize(labels, (nw, nh), interpolation=cv2.INTER_NEAREST)
             if aux01 is not None:
-                aux01 = _resize_aux(aux01, (nw, nh))
+                aux01 = _resize_aux(aux01, (nw, nh), self.modality)
         # Pad (labels with ignore) up to the crop size, then crop at a random position.
         ph, pw = max(0, h - nh), max(0, w - nw)
         if ph or pw:
@@ -505,6 +505,9 @@ class TrainTransform:
         return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _resize_aux(aux01: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
-    out = cv2.resize(aux01, wh, interpolation=cv2.INTER_LINEAR)
+def _resize_aux(aux01: np.ndarray, wh: tuple[int, int], modality: str) -> np.ndarray:
+    """Resize as the inference pipeline does: depth nearest (invalid zeros must not blend into valid depths;
+    ``INTER_NEAREST_EXACT``, the pipeline's nearest), thermal bilinear."""
+    interpolation = cv2.INTER_NEAREST_EXACT if modality == "depth" else cv2.INTER_LINEAR
+    out = cv2.resize(aux01, wh, interpolation=interpolation)
     return out if out.ndim == 3 else out[..., None]
