@@ -66,6 +66,15 @@ def test_bad_predictions_are_rejected():
         cm.update(np.array([0, 1, 2]), np.array([0, 1]))
 
 
+def test_ground_truth_ids_outside_the_class_set_are_an_error_not_dropped():
+    from rgbt_seg_ros.errors import RgbtSegError
+
+    cm = ConfusionMatrix(6, ignore_index=255)
+    cm.update(np.array([0, 1, 2, 3]), np.array([0, 1, 255, 3]))  # the ignore index is fine
+    with pytest.raises(RgbtSegError, match=r"class ids 7 outside 0..5 \(ignore index 255\) in 2 pixels"):
+        cm.update(np.array([0, 1, 2, 3]), np.array([0, 7, 7, 3]))
+
+
 def test_reports_and_plot(tmp_path):
     m = np.array([[8, 2], [1, 9]])
     sc = {"all": scores_from_matrix(m, ["road", "car"]), "night": scores_from_matrix(m * 2, ["road", "car"])}

@@ -304,3 +304,12 @@ def test_shipped_training_configs_load():
     assert [s["name"] for s in mafs] == ["reconstruct", "joint"]
     assert mafs[0]["loss"]["reconstruction"] > 0 and mafs[0]["loss"]["mask_patch"] == 32
     assert mafs[1]["loss"]["task_weighting"] == {"alpha": 0.8, "temperature": 500, "period": 500}
+
+
+def test_training_labels_outside_the_class_set_are_named_not_an_index_error(tmp_path):
+    trainer = Trainer(load_config(_cfg(tmp_path)))
+    rgb, aux = torch.zeros(1, 3, 32, 64), torch.zeros(1, 1, 32, 64)
+    target = torch.zeros(1, 32, 64, dtype=torch.int64)
+    target[0, 0, :3] = 7  # 6 classes: an id of another class set
+    with pytest.raises(RgbtSegError, match=r"training labels hold class ids \[7\] outside 0..5"):
+        trainer.compute_loss(rgb, aux, target, trainer.stages[0], None)

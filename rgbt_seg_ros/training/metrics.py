@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rgbt_seg_ros.errors import RgbtSegError
+
 IGNORE = 255
 
 
@@ -37,7 +39,16 @@ class ConfusionMatrix:
             raise ValueError(f"prediction has {pred.size} pixels, ground truth {target.size}")
         keep = (target >= 0) & (target < self.num_classes)
         if self.ignore_index is not None:
-            keep &= target != self.ignore_index
+            ignored = target == self.ignore_index
+            keep &= ~ignored
+        else:
+            ignored = np.zeros_like(keep)
+        stray = ~keep & ~ignored
+        if stray.any():  # a label map of another class set: metrics without these pixels would look fine
+            bad = np.unique(target[stray])
+            raise RgbtSegError(f"ground truth holds class ids {', '.join(map(str, bad[:5]))} outside "
+                               f"0..{self.num_classes - 1} (ignore index {self.ignore_index}) in {int(stray.sum())} "
+                               "pixels; check the dataset's class set and label mapping")
         pred, target = pred[keep], target[keep]
         if pred.size and (pred.min() < 0 or pred.max() >= self.num_classes):
             raise ValueError(f"prediction holds class ids outside 0..{self.num_classes - 1}")

@@ -456,6 +456,11 @@ class Trainer:
     def compute_loss(self, rgb, aux, target, stage: dict, weights) -> tuple[torch.Tensor, dict[str, float]]:
         lcfg = stage["loss"]
         logs: dict[str, float] = {}
+        stray = ((target >= self.num_classes) & (target != IGNORE)) | (target < 0)
+        if bool(stray.any()):  # cross_entropy would fail with an index error (a device-side assert on CUDA)
+            bad = torch.unique(target[stray])[:5].tolist()
+            raise RgbtSegError(f"training labels hold class ids {bad} outside 0..{self.num_classes - 1} "
+                               f"(ignore index {IGNORE}); check the dataset's class set and label mapping")
         if lcfg["reconstruction"]:
             # Masked reconstruction: hide random 32×32 patches of both inputs; the fused image must restore them.
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step * self.world + self.rank)
