@@ -127,6 +127,7 @@ def test_bad_inputs_one_line(tmp_path, mfnet_model, capsys):
               "--model", str(model)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "RGB must have 1, 3 or 4 channels" in err[-1]
+    assert not (tmp_path / "o2").exists()  # nothing written, no empty output folders either
 
 
 def test_existing_outputs_refused(tmp_path, mfnet_model, capsys):

@@ -181,11 +181,12 @@ def main(args: argparse.Namespace) -> int:
     pipeline, _ = build_pipeline(args.model, args.backend, args.device, args.precision, args.config)
     for line in notes + check_modality(pipeline.card, modality, rgb_only=False, flag="--{}"):
         print(line, file=sys.stderr)
-    for folder in folders.values():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RgbtSegError(f"--out {args.out}: cannot create {folder} ({exc.strerror or exc})") from None
+    def make_folders() -> None:  # when the first result is ready: a first input that fails leaves nothing
+        for folder in folders.values():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RgbtSegError(f"--out {args.out}: cannot create {folder} ({exc.strerror or exc})") from None
 
     stats = LatencyStats()
     done = skipped = 0
@@ -210,6 +211,8 @@ def main(args: argparse.Namespace) -> int:
         except RgbtSegError as exc:
             raise RgbtSegError(f"pair {name}: {exc}") from None
         stats.add(result.timings)
+        if done == 0:
+            make_folders()
         _imwrite(folders["labels"] / f"{name}.png", result.labels)
         _imwrite(folders["colour"] / f"{name}.png", result.colour[:, :, ::-1])
         if "overlay" in folders:
