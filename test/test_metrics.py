@@ -56,6 +56,8 @@ def test_excluding_class_zero_follows_the_dataset_convention():
     assert no0.miou == pytest.approx((10 / 15 + 1.0) / 2)
     assert excluded_classes(get_class_set("mfnet")) == ()  # MFNet counts "unlabelled"
     assert excluded_classes(get_class_set("fmb")) == (0,)
+    for name in ("nyuv2", "sunrgbd"):  # class 0 is wall there (void is 255): it counts
+        assert get_class_set(name).class_names[0] == "wall" and excluded_classes(get_class_set(name)) == ()
 
 
 def test_bad_predictions_are_rejected():

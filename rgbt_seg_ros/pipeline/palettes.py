@@ -109,14 +109,14 @@ _NYU40 = ["wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "
 
 NYUV2 = _set(
     "nyuv2", _NYU40, voc_colormap(41)[1:],
-    ignore_index=255, unlabelled_counts=False,
+    ignore_index=255, unlabelled_counts=True,  # class 0 is wall, a real class: void is 255
     notes="Silberman et al., ECCV 2012, 40-class mapping of Gupta et al. 2013. Raw label 0 (void) is stored as "
           "255 and ignored; class i here is raw label i+1. Palette: VOC colour map of the raw label.",
 )
 
 SUNRGBD = _set(
     "sunrgbd", _NYU40[:37], voc_colormap(38)[1:],
-    ignore_index=255, unlabelled_counts=False,
+    ignore_index=255, unlabelled_counts=True,  # class 0 is wall, a real class: void is 255
     notes="Song et al., CVPR 2015, the 37-class benchmark (the first 37 NYU-40 classes). Void stored as 255 and "
           "ignored. Palette: VOC colour map of the raw label.",
 )

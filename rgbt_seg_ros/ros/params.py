@@ -45,7 +45,8 @@ class ParamSpec:
 
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("model_file", "string", "", "Model file (.safetensors or .onnx written by rgbt-seg); "
-              "empty = the built-in model in share/rgbt_seg_ros/models"),
+              "empty = the built-in model installed with the Python package (rgbt_seg_ros/models/builtin_rgbt.safetensors; "
+              "the environment variable RGBT_SEG_BUILTIN_MODEL overrides it)"),
     ParamSpec("backend", "string", "auto", BACKEND_HELP, choices=BACKENDS),
     ParamSpec("device", "string", "cpu", "Torch/onnxruntime device: cpu, cuda or cuda:N"),
     ParamSpec("precision", "string", "fp32", "Network precision", choices=PRECISIONS),

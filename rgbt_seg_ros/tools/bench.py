@@ -37,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline-backend", default="torch", choices=("torch", "onnxruntime"),
                         help="backend for the pipeline benchmark (onnxruntime exports the model first)")
     parser.add_argument("--agreement", type=int, default=0, metavar="N",
-                        help="also compare labels on N synthetic validation frames with --model: torch at "
+                        help="also compare labels on N held-out synthetic frames (generator seed 2000) with --model: torch at "
                              "--precision and onnxruntime against torch fp32 on --device (0 = skip)")
     parser.add_argument("--json", type=Path, help="write all figures as JSON")
     parser.add_argument("--markdown", type=Path, help="write the tables as markdown")
@@ -193,7 +193,7 @@ def bench_agreement(args, workdir: Path) -> dict:
 
 
 def agreement_markdown(a: dict) -> str:
-    lines = [f"Label agreement with {a['reference']} on {a['frames']} synthetic validation frames "
+    lines = [f"Label agreement with {a['reference']} on {a['frames']} held-out synthetic frames "
              f"({a['size'][1]}x{a['size'][0]}), model {a['model']}:", "", "| backend | same label |", "|---|---:|"]
     lines += [f"| {name} | {100 * v:.3f} % |" for name, v in a["agreement"].items()]
     return "\n".join(lines)

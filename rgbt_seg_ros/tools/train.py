@@ -8,7 +8,7 @@ HELP = """train a network from a YAML config and write a self-describing model f
 
 Single process: rgbt-seg train config/train/builtin.yaml
 Several GPUs / nodes (DistributedDataParallel; gloo on CPU):
-  torchrun --nproc_per_node=2 -m rgbt_seg_ros.cli train config/train/mfnet_efnet.yaml
+  torchrun --nproc_per_node=2 -m rgbt_seg_ros.cli train config/train/efnet_mfnet.yaml
 Resume the same run: add --resume auto (latest checkpoint in output_dir) or --resume PATH."""
 
 
