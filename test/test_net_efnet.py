@@ -209,3 +209,29 @@ def test_onnx_export_tiny_dynamic_matches_torch():
         got = session.run(None, {"rgb": rgb.numpy(), "aux": aux.numpy()})[0]
         assert got.shape == ref.shape
         assert np.abs(got - ref).max() < 1e-4
+
+
+def test_clustering_runs_in_float32_under_autocast(monkeypatch):
+    # density peaks are discrete choices: computed in half precision they picked other clusters than fp32
+    import rgbt_seg_ros.networks.efnet as efnet
+
+    torch.manual_seed(0)
+    net = create_network("efnet", 9, variant="tiny", pretrained=False).eval()
+    rgb, aux = torch.randn(1, 3, 96, 128), torch.randn(1, 1, 96, 128)
+    seen = []
+    original = efnet.density_peaks
+
+    def spy(x, pos, *args, **kwargs):
+        out = original(x, pos, *args, **kwargs)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(efnet, "density_peaks", spy)
+    with torch.no_grad():
+        ref = net(rgb, aux)
+        ref_ids, seen[:] = list(seen), []
+        with torch.autocast("cpu", dtype=torch.float16):
+            half = net(rgb, aux).float()
+    assert len(seen) == len(ref_ids) >= 2
+    assert all((a == b).float().mean() >= 0.99 for a, b in zip(ref_ids, seen))
+    assert (ref.argmax(1) == half.argmax(1)).float().mean() >= 0.95

@@ -34,6 +34,7 @@ widths and depths make a ~13 M backbone, and MIF / DBTC / MFAD are light by desi
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -130,8 +131,13 @@ def density_peaks(x: torch.Tensor, pos: torch.Tensor, num_clusters, k: int, tau:
     neighbours); δ = distance to the nearest denser token (the densest token gets the row maximum);
     centres = the ``num_clusters`` largest ρ·δ; every token joins its nearest centre (centres themselves).
     """
-    with torch.no_grad():  # selection is discrete; no gradient flows through the distances
-        x, pos = x.detach(), pos.detach()
+    # selection is discrete: no gradient flows through the distances; and it runs in float32 under autocast,
+    # since half-precision distances (and the 1e-5 tie-breaks below) would pick other clusters than fp32
+    device = x.device.type
+    in_autocast = device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
+    full_precision = torch.autocast(device, enabled=False) if in_autocast else contextlib.nullcontext()
+    with torch.no_grad(), full_precision:
+        x, pos = x.detach().float(), pos.detach().float()
         r, n = x.shape[0], x.shape[1]
         d_sem = _feature_dist(x)
         dist = d_sem / d_sem.flatten(1).amax(-1).clamp_min(1e-6).view(-1, 1, 1)
