@@ -313,3 +313,11 @@ def test_training_labels_outside_the_class_set_are_named_not_an_index_error(tmp_
     target[0, 0, :3] = 7  # 6 classes: an id of another class set
     with pytest.raises(RgbtSegError, match=r"training labels hold class ids \[7\] outside 0..5"):
         trainer.compute_loss(rgb, aux, target, trainer.stages[0], None)
+
+
+def test_batch_size_one_with_pyramid_pooling_is_one_line(tmp_path):
+    # fafnet's pyramid pooling normalises 1×1 maps: torch's batch norm needs two images in train mode
+    cfg = _cfg(tmp_path, network={"name": "fafnet", "variant": "tiny"},
+               data=dict(TINY["data"], batch_size=1), train=dict(TINY["train"], steps=1, ema=None))
+    with pytest.raises(RgbtSegError, match=r"network fafnet: 1 image\(s\) per step .* data.batch_size ≥ 2"):
+        Trainer(load_config(cfg)).fit()

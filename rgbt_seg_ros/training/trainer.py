@@ -471,7 +471,15 @@ class Trainer:
         else:
             net_rgb, net_aux = rgb, aux
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            out = self.ddp(net_rgb, net_aux)
+            try:
+                out = self.ddp(net_rgb, net_aux)
+            except ValueError as exc:
+                if "Expected more than 1 value per channel" not in str(exc):
+                    raise
+                # torch's batch norm on a 1×1 pooled map (pyramid pooling) cannot train on one image
+                raise RgbtSegError(f"network {self.cfg['network']['name']}: {rgb.shape[0]} image(s) per step and "
+                                   "process is too few for its batch norm on pooled 1×1 maps; use "
+                                   "data.batch_size ≥ 2 per process") from None
         if not isinstance(out, dict):
             out = {"logits": out}
         terms: dict[str, torch.Tensor] = {}
