@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.errors import RgbtSegError, first_line
 
 CARD_KEY = "rgbt_seg_ros.card"
 SOURCE_KEY = "rgbt_seg_ros.source_sha256"  # ONNX metadata: SHA-256 of the .safetensors file it was exported from
@@ -157,7 +157,7 @@ def read_card(path: str | Path) -> ModelCard:
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # protobuf's DecodeError for a truncated or foreign file
-            raise ModelFileError(f"{path}: not a readable ONNX file ({_first_line(exc)})") from None
+            raise ModelFileError(f"{path}: not a readable ONNX file ({first_line(exc)})") from None
         props = {p.key: p.value for p in model.metadata_props}
         if CARD_KEY not in props:
             raise ModelFileError(f"{path}: ONNX file has no '{CARD_KEY}' metadata; export it with `rgbt-seg export`")
@@ -192,7 +192,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     try:
         state = load_file(str(path), device="cpu")
     except Exception as exc:
-        raise ModelFileError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+        raise ModelFileError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
@@ -206,11 +206,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # shapes
-        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).splitlines()[0])
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), first_line(exc))
         raise ModelFileError(f"{path}: weights do not fit network {card.network}/{card.variant}: {detail}") from None
     return net.to(device).eval(), card
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.errors import RgbtSegError, first_line
 from rgbt_seg_ros.inference.artifact import read_card
 
 FEEDABLE_INPUTS = ("rgb", "aux")  # the graph inputs a backend can supply (export names them so)
@@ -76,7 +76,7 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime's own error types for graphs it cannot load
-            raise RgbtSegError(f"model file {path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+            raise RgbtSegError(f"model file {path}: onnxruntime cannot load it ({first_line(exc)})") from None
         self.inputs = graph_inputs(self.session, f"model file {path}")
         self._check_shapes(path)
         self.name = f"onnxruntime-{self.session.get_providers()[0].replace('ExecutionProvider', '')}-{precision}"
@@ -107,7 +107,7 @@ class OnnxBackend:
         try:
             return self.session.run(["logits"], feeds)[0]
         except Exception as exc:  # onnxruntime's own error types; one line naming the backend
-            raise RgbtSegError(f"backend {self.name}: {str(exc).splitlines()[0]}") from None
+            raise RgbtSegError(f"backend {self.name}: {first_line(exc)}") from None
 
     def infer_tensors(self, rgb: torch.Tensor, aux: torch.Tensor | None) -> torch.Tensor:
         """float32 N×3×h×w (and N×C×h×w, or None: zeros are fed) on ``self.device`` → float32 logits
@@ -131,6 +131,6 @@ class OnnxBackend:
         try:
             self.session.run_with_iobinding(binding)
         except Exception as exc:  # onnxruntime's own error types; one line naming the backend
-            raise RgbtSegError(f"backend {self.name}: {str(exc).splitlines()[0]}") from None
+            raise RgbtSegError(f"backend {self.name}: {first_line(exc)}") from None
         binding.synchronize_outputs()
         return logits

@@ -24,7 +24,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
-from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.errors import RgbtSegError, first_line
 
 # Definitions used for rosbag2 files that carry none (written before Iron) and for output types.
 DEFAULT_ROS2_STORE = Stores.ROS2_HUMBLE
@@ -41,11 +41,6 @@ _INFINITE = QosTime(2147483647, 4294967295)  # rmw's "infinite" duration, as ros
 # A latched ROS 1 topic (e.g. /tf_static) replays as transient-local, so late subscribers still get it.
 LATCHED_QOS = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, _INFINITE,
                   _INFINITE, QosLiveliness.AUTOMATIC, _INFINITE, False)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 @lru_cache(maxsize=1)
@@ -129,9 +124,9 @@ class BagReader:
             reader = AnyReader([bag_path], default_typestore=get_typestore(DEFAULT_ROS2_STORE))
             reader.open()
         except FileNotFoundError as exc:
-            raise RgbtSegError(f"bag {self.path}: not a rosbag2 folder or ROS 1 bag ({_first_line(exc)})") from None
+            raise RgbtSegError(f"bag {self.path}: not a rosbag2 folder or ROS 1 bag ({first_line(exc)})") from None
         except Exception as exc:  # rosbags raises several reader/typesys errors for damaged files
-            raise RgbtSegError(f"bag {self.path}: corrupt or unreadable ({_first_line(exc)})") from None
+            raise RgbtSegError(f"bag {self.path}: corrupt or unreadable ({first_line(exc)})") from None
         self._reader = reader
         if reader.message_count == 0:
             reader.close()
@@ -188,7 +183,7 @@ class BagReader:
             except StopIteration:
                 return
             except Exception as exc:  # storage-level damage discovered mid-file
-                raise RgbtSegError(f"bag {self.path}: corrupt or truncated ({_first_line(exc)})") from None
+                raise RgbtSegError(f"bag {self.path}: corrupt or truncated ({first_line(exc)})") from None
             yield BagMessage(conn.topic, conn.msgtype, log_time, raw, conn)
 
     def deserialize(self, msg: BagMessage) -> Any:
@@ -196,7 +191,7 @@ class BagReader:
             return self.reader.deserialize(msg.raw, msg.msgtype)
         except Exception as exc:
             raise RgbtSegError(f"topic {msg.topic}: cannot decode {msg.msgtype} message "
-                               f"at t={msg.log_time} ns ({_first_line(exc)})") from None
+                               f"at t={msg.log_time} ns ({first_line(exc)})") from None
 
     def deserialize_ros2(self, msg: BagMessage) -> Any:
         """Like ``deserialize`` but always with ROS 2 field names (ROS 1 ``CameraInfo.K`` arrives as ``k``)."""
@@ -208,7 +203,7 @@ class BagReader:
             raise
         except Exception as exc:
             raise RgbtSegError(f"topic {msg.topic}: cannot decode {msg.msgtype} message "
-                               f"at t={msg.log_time} ns ({_first_line(exc)})") from None
+                               f"at t={msg.log_time} ns ({first_line(exc)})") from None
 
     # -- copying into a rosbag2 ----------------------------------------------------------------------
     def ros2_definition(self, conn: Connection) -> tuple[str, str]:
@@ -222,7 +217,7 @@ class BagReader:
         except Exception as exc:  # a custom type in a bag that stores no definitions (rosbag2 before Iron)
             raise RgbtSegError(f"topic {conn.topic}: type {conn.msgtype} is not a standard ROS 2 type and bag "
                                f"{self.path} stores no definition for it, so it cannot be copied to the output "
-                               f"({_first_line(exc)})") from None
+                               f"({first_line(exc)})") from None
 
     def qos(self, conn: Connection) -> list[Qos]:
         """The QoS profiles ``ros2 bag play`` should offer for ``conn`` (the recorded ones; latched ROS 1
@@ -259,7 +254,7 @@ class BagReader:
             return self._ros2_store_for(msg.msgtype).ros1_to_cdr(msg.raw, msg.msgtype)
         except Exception as exc:
             raise RgbtSegError(f"topic {msg.topic}: cannot convert ROS 1 {msg.msgtype} to CDR "
-                               f"({_first_line(exc)})") from None
+                               f"({first_line(exc)})") from None
 
 
 def _overlaps(a: Path, b: Path) -> bool:
@@ -312,7 +307,7 @@ class BagWriter:
             self._writer.open()
         except Exception as exc:
             self._cleanup(failed=True)
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
             raise RgbtSegError(f"output {self.path}: cannot create ({detail})") from None
         return self
 
@@ -346,7 +341,7 @@ class BagWriter:
         try:
             self._writer.write(self._conns[(topic, msgtype)], int(log_time), data)
         except Exception as exc:  # a full disk, a vanished folder: OSError, sqlite3 or rosbags errors
-            raise RgbtSegError(f"output {self.path}: cannot write {topic} ({_first_line(exc)})") from None
+            raise RgbtSegError(f"output {self.path}: cannot write {topic} ({first_line(exc)})") from None
         self.counts[topic] += 1
 
     def write(self, topic: str, log_time: int, msg: Any, msgtype: str) -> None:
@@ -372,7 +367,7 @@ class BagWriter:
             try:
                 writer.close()
             except Exception as exc:
-                raise RgbtSegError(f"output {self.path}: cannot finish the bag ({_first_line(exc)})") from None
+                raise RgbtSegError(f"output {self.path}: cannot finish the bag ({first_line(exc)})") from None
             built = self._tmpdir / self.path.name
             if self.path.exists():
                 # --force: the old output moves aside first and comes back if the new one cannot take its place

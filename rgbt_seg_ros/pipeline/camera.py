@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.errors import RgbtSegError, first_line
 
 _MODEL_ALIASES = {
     "plumb_bob": "plumb_bob", "radtan": "plumb_bob", "radial-tangential": "plumb_bob", "radial_tangential": "plumb_bob",
@@ -188,7 +188,7 @@ def _load_yaml(path: str | Path):
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise RgbtSegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise RgbtSegError(f"{path}: not valid YAML ({first_line(exc)})") from None
 
 
 def _split_spec(spec) -> tuple[Path, str | None]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.errors import RgbtSegError, first_line
 
 REGISTRATION_MODES = ("identity", "homography", "plane", "depth")
 THERMAL_AGC = ("percentile", "fixed")
@@ -200,7 +200,7 @@ class PipelineConfig:
         except OSError as exc:
             raise RgbtSegError(f"pipeline config {path}: cannot read ({exc.strerror})") from None
         except yaml.YAMLError as exc:
-            raise RgbtSegError(f"pipeline config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise RgbtSegError(f"pipeline config {path}: not valid YAML ({first_line(exc)})") from None
         if isinstance(data, dict) and "pipeline" in data and len(data) == 1:
             data = data["pipeline"]
         return cls.from_dict(data or {})

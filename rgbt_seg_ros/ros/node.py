@@ -27,7 +27,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import ColorRGBA
 
-from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.errors import RgbtSegError, first_line
 from rgbt_seg_ros.ros import health, messages
 from rgbt_seg_ros.ros.params import (PARAMS, SPECS, check_device, check_value, pipeline_config_dict,
                                     resolve_against_card, validate_params)
@@ -74,7 +74,7 @@ class RgbtSegNode(Node):
             try:  # rclpy rejects out-of-range or wrongly typed overrides: turn that into one line
                 values[spec.name] = self.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
             except Exception as exc:  # noqa: BLE001 - rclpy's parameter exceptions differ between distros
-                raise RgbtSegError(f"parameter {spec.name}: {str(exc).splitlines()[0]}") from None
+                raise RgbtSegError(f"parameter {spec.name}: {first_line(exc)}") from None
         self.cfg = validate_params(values)
 
         # Heavy imports after the parameters are known to be sane.

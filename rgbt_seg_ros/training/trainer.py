@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from rgbt_seg_ros.errors import RgbtSegError
+from rgbt_seg_ros.errors import RgbtSegError, first_line
 from rgbt_seg_ros.inference.artifact import IMAGENET_MEAN, IMAGENET_STD, ModelCard, save_model
 from rgbt_seg_ros.training import losses as L
 from rgbt_seg_ros.training.datasets import IGNORE, TrainTransform, build_dataset
@@ -102,7 +102,7 @@ def load_config(path_or_dict) -> dict:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise RgbtSegError(f"training config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise RgbtSegError(f"training config {path}: not valid YAML ({first_line(exc)})") from None
         src = str(path)
     if not isinstance(data, dict):
         raise RgbtSegError(f"training config {src}: the top level must be a mapping")
@@ -180,11 +180,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def _rng_state() -> dict:
@@ -381,7 +376,7 @@ class Trainer:
         try:  # weights_only: a checkpoint never unpickles objects, only tensors and plain containers
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:
-            raise RgbtSegError(f"resume: checkpoint {path} cannot be read ({_first_line(exc)})") from None
+            raise RgbtSegError(f"resume: checkpoint {path} cannot be read ({first_line(exc)})") from None
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -394,7 +389,7 @@ class Trainer:
             self.step = int(state["step"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise RgbtSegError(f"resume: checkpoint {path} does not fit this run's network and optimiser "
-                               f"({_first_line(exc)})") from None
+                               f"({first_line(exc)})") from None
 
     def _resume_path(self) -> Path | None:
         r = self.cfg["resume"]
