@@ -13,14 +13,15 @@ it on ``"cpu"`` against the numpy/OpenCV path, which it reproduces:
   ``grid_sample`` grid once per geometry, cached on the device (bilinear, thermal), or for depth the very source
   pixels ``cv2.remap``'s nearest mode picks, gathered exactly.
   ``cv2.remap``'s constant border is reproduced by sampling ``image − border`` with zero padding and adding
-  ``border`` back (exact for both modes); integer images are rounded to their grid as ``cv2.remap`` does
-  (which also places samples to 1/32 pixel: differences of a fraction of a raw step remain). Then
+  ``border`` back (bilinear; the nearest gather puts ``border`` where the pixel lies outside); integer images
+  are rounded to their grid as ``cv2.remap`` does (which also places samples to 1/32 pixel: differences of a
+  fraction of a raw step remain). Then
   ``[lo, hi] → [0, 1]``, clip, standardise per channel (non-finite float values count as ``lo``, as
   ``scale_into`` does).
 * logits: arg-max (ties → lowest id) and max-softmax ``1 / Σ exp(l − max)`` at the network resolution, with the
   CPU kernel's rules for a broken network (a NaN logit never wins; an all-NaN pixel gets label 0, confidence 0); the
   letterbox padding is cut away first; labels come back with OpenCV's ``INTER_NEAREST_EXACT`` source indices
-  (taken from ``cv2.resize`` of an index ramp, so they are the very same pixels), confidence bilinearly,
+  (``ResizeTransform.nearest_index``, the CPU path's own, so they are the very same pixels), confidence bilinearly,
   capped at 1.
 
 What stays on the CPU: the ``[lo, hi]`` range (fixed ranges, or the percentile AGC on a strided subsample of the
@@ -204,12 +205,8 @@ class DeviceOps:
         key = (tf.src_hw, tf.dst_hw, tf.mode)
         hit = self._nearest.get(key)
         if hit is None:
-            (sh, sw), (ch, cw) = tf.src_hw, tf.content_hw
-            # OpenCV's own INTER_NEAREST_EXACT choice of source pixel, read off an index ramp
-            ix = cv2.resize(np.arange(cw, dtype=np.float32)[None], (sw, 1), interpolation=cv2.INTER_NEAREST_EXACT)
-            iy = cv2.resize(np.arange(ch, dtype=np.float32)[:, None], (1, sh), interpolation=cv2.INTER_NEAREST_EXACT)
-            hit = (torch.from_numpy(iy.reshape(-1).astype(np.int64)).to(self.device),
-                   torch.from_numpy(ix.reshape(-1).astype(np.int64)).to(self.device))
+            rows, cols = tf.nearest_index()  # the very pixels the CPU path takes; here the content is cut out first
+            hit = (torch.from_numpy(rows - tf.top).to(self.device), torch.from_numpy(cols - tf.left).to(self.device))
             self._nearest = {key: hit}
         return hit
 
