@@ -288,12 +288,7 @@ class BagWriter:
         for p in self.protect:
             if _overlaps(self.path, p):
                 raise RgbtSegError(f"output {self.path}: overlaps input {p}; choose another output path")
-        if self.path.exists():
-            if not self.force:
-                raise RgbtSegError(f"output {self.path} exists; pass --force to overwrite it")
-            if not replaceable_output(self.path):
-                raise RgbtSegError(f"output {self.path} exists and is not a rosbag2 folder; --force replaces only "
-                                   "a bag (or an empty folder), so choose another output path")
+        check_output(self.path, self.force)
         parent = self.path.parent
         missing = [p for p in (parent, *parent.parents) if not p.exists()]
         self._created = missing[-1] if missing else None  # the top folder this writer creates, removed on failure
@@ -397,6 +392,16 @@ class BagWriter:
             self._created = None
 
 
-def replaceable_output(path: Path) -> bool:
-    """What --force may replace: a rosbag2 folder (it has metadata.yaml) or an empty folder, nothing else."""
-    return path.is_dir() and not path.is_symlink() and ((path / "metadata.yaml").is_file() or not any(path.iterdir()))
+def check_output(path: Path, force: bool) -> None:
+    """An existing output needs ``force``, and ``force`` replaces only a rosbag2 folder (it has metadata.yaml) or an
+    empty folder, nothing else. ``BagWriter`` checks on entry; front doors call it early, before slow work."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not force:
+        raise RgbtSegError(f"output {path} exists; pass --force to overwrite it")
+    bag_or_empty = path.is_dir() and not path.is_symlink() and ((path / "metadata.yaml").is_file()
+                                                              or not any(path.iterdir()))
+    if not bag_or_empty:
+        raise RgbtSegError(f"output {path} exists and is not a rosbag2 folder; --force replaces only a bag "
+                           "(or an empty folder), so choose another output path")

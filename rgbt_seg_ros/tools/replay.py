@@ -131,10 +131,14 @@ class ReplaySummary:
         return out
 
 
+def topic_prefix(namespace: str) -> str:
+    """``--namespace`` as the prefix of the output topics: "/rgbt_seg" for "rgbt_seg/", "" for "/"."""
+    return "/" + namespace.strip("/") if namespace.strip("/") else ""
+
+
 def output_topics(namespace: str) -> list[str]:
     """The topics replay writes its results to, under ``namespace``."""
-    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
-    return [f"{ns}/{name}" for name in (*OUTPUT_IMAGES, "info")]
+    return [f"{topic_prefix(namespace)}/{name}" for name in (*OUTPUT_IMAGES, "info")]
 
 
 # a ROS 2 namespace: tokens of letters, digits and underscores, not starting with a digit, joined by "/"
@@ -205,7 +209,7 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
 
     t_start = time.perf_counter()
     s = settings
-    ns = "/" + s.namespace.strip("/") if s.namespace.strip("/") else ""  # output_topics() names the same
+    ns = topic_prefix(s.namespace)
     summary = ReplaySummary(Path(out_bag))
     card = pipeline.card
     latency = LatencyStats()
@@ -362,7 +366,7 @@ def check_modality(card, modality: str, rgb_only: bool, flag: str = "--{}-topic"
 
 
 def main(args: argparse.Namespace) -> int:
-    from rgbt_seg_ros.io.bag import BagReader, replaceable_output
+    from rgbt_seg_ros.io.bag import BagReader, check_output
 
     if args.list:
         with BagReader(args.bag) as bag:
@@ -375,11 +379,7 @@ def main(args: argparse.Namespace) -> int:
         raise RgbtSegError("--out: the output bag is required (or pass --list to see the topics)")
     settings = settings_from_args(args)
     # Cheap checks first: a wrong topic or an existing output should not wait for the model to load.
-    if args.out.exists() and not args.force:
-        raise RgbtSegError(f"output {args.out} exists; pass --force to overwrite it")
-    if args.out.exists() and not replaceable_output(args.out):
-        raise RgbtSegError(f"output {args.out} exists and is not a rosbag2 folder; --force replaces only a bag "
-                           "(or an empty folder), so choose another output path")
+    check_output(args.out, args.force)
     with BagReader(args.bag) as bag:
         _resolve_topics(bag, settings)
     pipeline, model_file = build_pipeline(args.model, args.backend, args.device, args.precision, args.config)
