@@ -85,6 +85,12 @@ class RegistrationConfig:
             raise RgbtSegError(f"registration.hole_fill: must be ≥ 0, got {self.hole_fill}")
         self.hole_fill = int(self.hole_fill)
 
+    @property
+    def uses_cameras(self) -> bool:
+        """Whether the mode needs both camera models (CameraInfos or files): plane and depth; identity and
+        homography read no intrinsics."""
+        return self.mode in ("plane", "depth")
+
     @classmethod
     def from_dict(cls, data) -> "RegistrationConfig":
         return _from_dict(cls, data, "registration")

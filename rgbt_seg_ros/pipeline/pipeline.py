@@ -138,7 +138,7 @@ class SegmentationPipeline:
             if aux.shape[2] != 1:
                 raise RgbtSegError(f"{self.modality} image: expected one channel, got {aux.shape[2]}")
             aux = aux[:, :, 0]
-        if self.config.registration.mode in ("identity", "homography"):
+        if not self.config.registration.uses_cameras:
             return aux  # no intrinsics used: an uncalibrated CameraInfo (K = 0) must not stop these modes
         rgb_cam = as_camera_model(rgb_camera, "rgb camera_info") if rgb_camera is not None else None
         aux_cam = as_camera_model(aux_camera, f"{self.modality} camera_info") if aux_camera is not None else None

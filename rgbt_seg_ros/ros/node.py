@@ -277,7 +277,7 @@ class RgbtSegNode(Node):
         if aux_msg is not None:
             aux = image_to_numpy(aux_msg, topic=self._aux_topic)
             aux_encoding = aux_msg.encoding
-        needs_cameras = self.cfg.registration in ("plane", "depth") and aux_msg is not None
+        needs_cameras = self.pipeline.config.registration.uses_cameras and aux_msg is not None
         if needs_cameras and (self._rgb_camera is None or self._aux_camera is None):
             missing = "rgb/camera_info" if self._rgb_camera is None else f"{self.modality}/camera_info"
             raise RgbtSegError(f"{missing}: no CameraInfo received yet; registration={self.cfg.registration} needs it")

@@ -220,7 +220,7 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
         info_topics = {s.rgb_info_topic: "rgb", s.aux_info_topic: "aux"}
         info_topics.pop(None, None)
         reg_cfg = pipeline.config.registration
-        needs_cameras = reg_cfg.mode in ("plane", "depth")
+        needs_cameras = reg_cfg.uses_cameras
         total = sum(t.count for t in bag.topics.values())
         with BagWriter(out_bag, storage=s.storage, force=s.force, protect=[in_bag]) as writer:
             store = writer.typestore
