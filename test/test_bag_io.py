@@ -233,6 +233,30 @@ def test_failed_write_leaves_nothing_and_keeps_old_output(tmp_path, error):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@pytest.mark.parametrize("step", ["mkdir", "open"])
+def test_interrupt_while_opening_leaves_nothing(tmp_path, monkeypatch, step):
+    # SIGTERM/Ctrl-C between making the temporary folder and the end of __enter__: __exit__ never runs there
+    # (CI caught a replay terminated just after the folder appeared, leaving .out.partial-* behind)
+    import rgbt_seg_ros.io.bag as bag_module
+
+    if step == "mkdir":
+        real_mkdir = Path.mkdir
+
+        def mkdir(self, *args, **kwargs):  # the interrupt lands right after the folder exists
+            real_mkdir(self, *args, **kwargs)
+            if ".partial-" in self.name:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+    else:
+        def open_(self):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(bag_module.Writer, "open", open_)
+    with pytest.raises(KeyboardInterrupt):
+        with BagWriter(tmp_path / "new" / "out"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_interrupted_final_rename_puts_the_old_bag_back(tmp_path, monkeypatch):
     import rgbt_seg_ros.io.bag as bag_module
 

@@ -55,6 +55,14 @@ def demo_bag(tmp_path_factory) -> Path:
     return path
 
 
+def _plane_config(folder: Path) -> Path:
+    """The demo bag's cameras differ in aspect ratio and sit 8 cm apart: plane registration, as the demo uses."""
+    config = folder / "pipeline.yaml"
+    config.write_text("registration:\n  mode: plane\n  extrinsics: {R: [[1,0,0],[0,1,0],[0,0,1]], t: [0.08, 0, 0]}\n"
+                      "  plane_distance: 8.0\n")
+    return config
+
+
 def _no_leftovers(folder: Path, allowed: set[str]) -> None:
     assert {p.name for p in folder.iterdir()} == allowed
 
@@ -166,9 +174,7 @@ def test_missing_rgb_topic_lists_bag(tmp_path, small_model, demo_bag, capsys):
 
 
 def test_rgbt_replay_pairs_and_stamps(tmp_path, small_model, demo_bag, capsys):
-    config = tmp_path / "pipeline.yaml"
-    config.write_text("registration:\n  mode: plane\n  extrinsics: {R: [[1,0,0],[0,1,0],[0,0,1]], t: [0.08, 0, 0]}\n"
-                      "  plane_distance: 8.0\n")
+    config = _plane_config(tmp_path)
     out = tmp_path / "out"
     rc = cli(["replay", str(demo_bag), "--out", str(out), "--model", str(small_model), "--config", str(config),
               "--storage", "sqlite3"])  # with the progress bar, as users run it
@@ -475,14 +481,19 @@ def test_sigterm_midway_leaves_nothing(tmp_path, small_model, demo_bag):
     import sys
     import time
 
-    out = tmp_path / "out"
+    work = tmp_path / "work"  # the config lives outside the folder checked for leftovers
+    work.mkdir()
+    out = work / "out"
+    # a replay that would run to the end (the demo bag needs plane registration), so the signal is what stops it
     proc = subprocess.Popen([sys.executable, "-m", "rgbt_seg_ros.cli", "replay", str(demo_bag), "--out", str(out),
-                             "--model", str(small_model), "--no-progress"], stderr=subprocess.PIPE, text=True)
+                             "--model", str(small_model), "--config", str(_plane_config(tmp_path)), "--no-progress"],
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".out.partial-*")) and proc.poll() is None and time.monotonic() < deadline:
+    while not list(work.glob(".out.partial-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "the replay ended before it could be terminated"
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 128 + signal.SIGTERM and "rgbt-seg replay: terminated" in err, err[-2000:]
-    _no_leftovers(tmp_path, set())
+    assert "error:" not in err, err[-2000:]
+    _no_leftovers(work, set())

@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -294,17 +294,31 @@ class BagWriter:
         self._created = missing[-1] if missing else None  # the top folder this writer creates, removed on failure
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            # A sibling folder on the same file system, so the final rename is atomic.
-            self._tmpdir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=parent))
+            self._make_tmpdir(parent)
             # The bag keeps its final name inside the temporary folder (rosbags names the storage file after it).
             self._writer = Writer(self._tmpdir / self.path.name, version=ROSBAG2_VERSION,
                                   storage_plugin=STORAGES[self.storage])
             self._writer.open()
-        except Exception as exc:
+            return self
+        except BaseException as exc:
+            # __exit__ does not run when __enter__ raises, so Ctrl-C / SIGTERM here must clean up too
             self._cleanup(failed=True)
+            if not isinstance(exc, Exception):
+                raise
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
             raise RgbtSegError(f"output {self.path}: cannot create ({detail})") from None
-        return self
+
+    def _make_tmpdir(self, parent: Path) -> None:
+        """A sibling folder on the same file system, so the final rename is atomic. Its name is recorded before the
+        folder exists (unlike tempfile.mkdtemp), so an interrupt at any point leaves nothing unrecorded behind."""
+        for _ in range(100):
+            self._tmpdir = parent / f".{self.path.name}.partial-{secrets.token_hex(8)}"
+            try:
+                self._tmpdir.mkdir(mode=0o700)
+                return
+            except FileExistsError:
+                self._tmpdir = None  # another writer's folder: never ours to remove
+        raise FileExistsError(f"no free temporary name beside {self.path}")
 
     def add_connection(self, topic: str, msgtype: str, msgdef: str | None = None, rihs01: str | None = None,
                        qos: list[Qos] | None = None) -> Connection:
