@@ -29,7 +29,7 @@ import torch
 
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.pipeline.config import NormalizationConfig
-from rgbt_seg_ros.pipeline.normalize import normalize_aux
+from rgbt_seg_ros.pipeline.normalize import normalize_aux, scale_into, value_range
 from rgbt_seg_ros.pipeline.palettes import ClassSet, get_class_set
 
 IGNORE = 255
@@ -392,17 +392,38 @@ def build_dataset(cfg: dict[str, Any], split: str | None = None) -> Segmentation
 
 # ---------------------------------------------------------------------------------------------- transforms
 
-def aux_to_unit(aux: np.ndarray, encoding: str, modality: str, norm: NormalizationConfig | None = None) -> np.ndarray:
-    """Raw aux image → float32 H×W×C in [0, 1], with the pipeline's own normalisation where it applies.
+def aux_to_raw(aux: np.ndarray, encoding: str, modality: str, norm: NormalizationConfig | None = None
+               ) -> tuple[np.ndarray, float, float]:
+    """Raw aux image → (float32 H×W×C, lo, hi): the values to resize, and the range that maps them to [0, 1].
 
-    8-bit depth images (pre-scaled depth as some RGB-D releases ship it) and 3-channel HHA are divided
-    by 255; everything else goes through :func:`rgbt_seg_ros.pipeline.normalize.normalize_aux`.
+    Thermal stays in its own units until after every resize, then :func:`raw_to_unit` clips it, as the
+    pipeline warps raw counts and clips afterwards: clipping first would blend clipped values into their
+    neighbours at the range's ends, an input the network would never get at run time. NaN/inf temperatures
+    are kept (they spread to their resize neighbours, as through the pipeline's warp, and come out 0).
+    Depth and 8-bit images are in [0, 1] already (lo, hi = 0, 1); depth is resized nearest, so the order
+    does not matter there. 8-bit depth (pre-scaled, as some RGB-D releases ship it) and 3-channel HHA are
+    divided by 255; everything else goes through the pipeline's own normalisation.
     """
-    if encoding == "hha8" or (modality == "depth" and encoding == "mono8"):
-        out = aux.astype(np.float32) * np.float32(1.0 / 255.0)
+    if modality == "thermal" and encoding != "hha8":
+        lo, hi = value_range(aux, encoding, modality, norm)  # also checks encoding and dtype
+        out = aux.astype(np.float32)
     else:
-        out, _ = normalize_aux(aux, encoding, modality, norm)
-    return out if out.ndim == 3 else out[..., None]
+        lo, hi = 0.0, 1.0
+        if encoding == "hha8" or (modality == "depth" and encoding == "mono8"):
+            out = aux.astype(np.float32) * np.float32(1.0 / 255.0)
+        else:
+            out, _ = normalize_aux(aux, encoding, modality, norm)
+    return (out if out.ndim == 3 else out[..., None]), lo, hi
+
+
+def raw_to_unit(raw: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(raw − lo)/(hi − lo) clipped to [0, 1]; non-finite values → 0 (the pipeline's ``scale_into``)."""
+    return scale_into(raw, lo, hi)
+
+
+def aux_to_unit(aux: np.ndarray, encoding: str, modality: str, norm: NormalizationConfig | None = None) -> np.ndarray:
+    """Raw aux image → float32 H×W×C in [0, 1] at its own size (see :func:`aux_to_raw`)."""
+    return raw_to_unit(*aux_to_raw(aux, encoding, modality, norm))
 
 
 class TrainTransform:
@@ -438,16 +459,18 @@ class TrainTransform:
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         rgb, labels = sample["rgb"], sample["labels"]
         aux = sample.get("aux")
-        aux01 = aux_to_unit(aux, sample["aux_encoding"], self.modality, self.norm) if aux is not None else None
+        raw, lo, hi = aux_to_raw(aux, sample["aux_encoding"], self.modality, self.norm) if aux is not None else \
+            (None, 0.0, 1.0)
         if self.train:
-            rgb, aux01, labels = self._geometric(rng, rgb, aux01, labels)
+            rgb, raw, labels = self._geometric(rng, rgb, raw, labels, pad_value=lo)
             rgb = self._photometric(rng, rgb)
         else:
             h, w = self.size
             rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
-            if aux01 is not None:
-                aux01 = _resize_aux(aux01, (w, h), self.modality)
+            if raw is not None:
+                raw = resize_aux(raw, (w, h), self.modality)
             labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        aux01 = raw_to_unit(raw, lo, hi) if raw is not None else None
         rgb_t = (rgb.astype(np.float32) / 255.0 - self.rgb_mean) / self.rgb_std
         c = len(self.aux_mean) if aux01 is None else aux01.shape[2]
         if aux01 is None:
@@ -462,7 +485,7 @@ class TrainTransform:
                 torch.from_numpy(np.ascontiguousarray(aux_t.transpose(2, 0, 1), np.float32)),
                 torch.from_numpy(labels.astype(np.int64)))
 
-    def _geometric(self, rng, rgb, aux01, labels):
+    def _geometric(self, rng, rgb, aux, labels, pad_value: float = 0.0):
         h, w = self.size
         # Scale relative to the native resolution; the crop then covers part of the (rescaled) image.
         s = float(rng.uniform(*self.scale))
@@ -470,25 +493,25 @@ class TrainTransform:
         if (nh, nw) != rgb.shape[:2]:
             rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
             labels = cv2.resize(labels, (nw, nh), interpolation=cv2.INTER_NEAREST)
-            if aux01 is not None:
-                aux01 = _resize_aux(aux01, (nw, nh), self.modality)
+            if aux is not None:
+                aux = resize_aux(aux, (nw, nh), self.modality)
         # Pad (labels with ignore) up to the crop size, then crop at a random position.
         ph, pw = max(0, h - nh), max(0, w - nw)
         if ph or pw:
             rgb = cv2.copyMakeBorder(rgb, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=(0, 0, 0))
             labels = cv2.copyMakeBorder(labels, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=self.ignore_index)
-            if aux01 is not None:
-                aux01 = np.pad(aux01, ((0, ph), (0, pw), (0, 0)))
+            if aux is not None:
+                aux = np.pad(aux, ((0, ph), (0, pw), (0, 0)), constant_values=pad_value)  # 0 once scaled
         y0 = int(rng.integers(0, rgb.shape[0] - h + 1))
         x0 = int(rng.integers(0, rgb.shape[1] - w + 1))
         rgb, labels = rgb[y0:y0 + h, x0:x0 + w], labels[y0:y0 + h, x0:x0 + w]
-        if aux01 is not None:
-            aux01 = aux01[y0:y0 + h, x0:x0 + w]
+        if aux is not None:
+            aux = aux[y0:y0 + h, x0:x0 + w]
         if self.flip and rng.random() < 0.5:
             rgb, labels = rgb[:, ::-1], labels[:, ::-1]
-            if aux01 is not None:
-                aux01 = aux01[:, ::-1]
-        return rgb, aux01, labels
+            if aux is not None:
+                aux = aux[:, ::-1]
+        return rgb, aux, labels
 
     def _photometric(self, rng, rgb):
         if self.photometric <= 0:
@@ -505,9 +528,9 @@ class TrainTransform:
         return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _resize_aux(aux01: np.ndarray, wh: tuple[int, int], modality: str) -> np.ndarray:
+def resize_aux(aux: np.ndarray, wh: tuple[int, int], modality: str) -> np.ndarray:
     """Resize as the inference pipeline does: depth nearest (invalid zeros must not blend into valid depths;
     ``INTER_NEAREST_EXACT``, the pipeline's nearest), thermal bilinear."""
     interpolation = cv2.INTER_NEAREST_EXACT if modality == "depth" else cv2.INTER_LINEAR
-    out = cv2.resize(aux01, wh, interpolation=interpolation)
+    out = cv2.resize(aux, wh, interpolation=interpolation)
     return out if out.ndim == 3 else out[..., None]

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
-from rgbt_seg_ros.training.datasets import IGNORE, SegmentationDataset, aux_to_unit
+from rgbt_seg_ros.training.datasets import IGNORE, SegmentationDataset, aux_to_raw, raw_to_unit, resize_aux
 from rgbt_seg_ros.training.metrics import (ConfusionMatrix, Scores, csv_table, excluded_classes, markdown_table,
                                            plot_confusion)
 
@@ -36,9 +36,8 @@ def _direct_infer(backend, sample: dict, modality: str, norm) -> np.ndarray:
     rgb = ((rgb - np.asarray(card.rgb_mean, np.float32)) / np.asarray(card.rgb_std, np.float32)).transpose(2, 0, 1)
     aux = None
     if sample.get("aux") is not None:
-        a = aux_to_unit(sample["aux"], sample["aux_encoding"], modality, norm)
-        a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
-        a = a if a.ndim == 3 else a[..., None]
+        raw, lo, hi = aux_to_raw(sample["aux"], sample["aux_encoding"], modality, norm)
+        a = raw_to_unit(resize_aux(raw, (w, h), modality), lo, hi)  # as training and the pipeline resize it
         aux = ((a - np.asarray(card.aux_mean, np.float32)) / np.asarray(card.aux_std, np.float32)).transpose(2, 0, 1)
         aux = aux[None].astype(np.float32)
     logits = backend.infer(rgb[None].astype(np.float32), aux)
