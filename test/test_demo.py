@@ -147,3 +147,20 @@ def test_demo_bad_arguments_are_one_line(tmp_path, capsys):
     assert cli(["demo", "--out", str(tmp_path / "d"), "--frames", "0", "--no-progress"]) == 2
     assert "--frames: must be ≥ 1, got 0" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0])
+def test_preview_captions_read_on_black_and_on_white(level):
+    # the confidence tile is mostly white (confident), the night RGB mostly black: captions must show on both
+    from types import SimpleNamespace
+
+    from rgbt_seg_ros.tools.demo import preview_image
+
+    h, w = 360, 640
+    result = SimpleNamespace(registered_aux=np.full((h, w), level, np.float32),
+                             colour=np.full((h, w, 3), 255 * level, np.uint8),
+                             confidence=np.full((h, w), level, np.float32))
+    preview = preview_image(np.full((h, w, 3), 255 * level, np.uint8), result)
+    for tile in np.split(preview, 4, axis=1):
+        caption = tile[5:35, 5:120].max(axis=2)  # where the caption is drawn
+        assert (caption < 80).any() and (caption > 215).any()

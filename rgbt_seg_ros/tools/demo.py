@@ -67,6 +67,10 @@ def preview_image(rgb: np.ndarray, result) -> np.ndarray:
     conf8 = np.repeat(np.clip(result.confidence * 255.0, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
     tiles = [cv2.resize(x, size, interpolation=cv2.INTER_AREA) for x in (rgb, aux8, result.colour, conf8)]
     for tile, text in zip(tiles, ("RGB", "thermal registered to RGB", "labels", "confidence")):
+        # white on a darkened box: readable on the confidence tile's white as on the night RGB's black
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.8, 2)
+        box = tile[max(0, 28 - th - 6):28 + base + 4, 4:min(tile.shape[1], 16 + tw)]
+        box //= 4
         cv2.putText(tile, text, (10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2, cv2.LINE_AA)
     return np.concatenate(tiles, axis=1)
 
