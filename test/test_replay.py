@@ -206,17 +206,50 @@ def test_rgbt_replay_pairs_and_stamps(tmp_path, small_model, demo_bag, capsys):
 
 
 class _FailingBackend:
-    """A real backend that raises on its n-th call, as a crash or Ctrl-C midway would."""
+    """A real backend that raises on its n-th frame, as a crash or Ctrl-C midway would (the start-up warm-up's
+    blank inputs are not frames: a normalised camera image is never all zeros)."""
 
     def __init__(self, backend, fail_at: int, error: type[BaseException]):
-        self.backend, self.fail_at, self.error, self.calls = backend, fail_at, error, 0
+        self.backend, self.fail_at, self.error, self.calls, self.warmups = backend, fail_at, error, 0, 0
         self.card, self.name = backend.card, backend.name
 
     def infer(self, rgb, aux):
+        if not rgb.any():
+            self.warmups += 1
+            return self.backend.infer(rgb, aux)
         self.calls += 1
         if self.calls == self.fail_at:
             raise self.error("simulated failure on the 3rd frame")
         return self.backend.infer(rgb, aux)
+
+
+class _SlowFirstCallBackend:
+    """A real backend whose first call takes 0.5 s longer, as kernel selection or compilation do."""
+
+    def __init__(self, backend):
+        self.backend, self.card, self.name, self.calls = backend, backend.card, backend.name, 0
+
+    def infer(self, rgb, aux):
+        import time
+
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(0.5)
+        return self.backend.infer(rgb, aux)
+
+
+def test_network_start_up_cost_is_paid_before_the_first_pair(tmp_path, small_model, demo_bag):
+    from rgbt_seg_ros.inference import create_backend
+    from rgbt_seg_ros.pipeline.pipeline import SegmentationPipeline
+    from rgbt_seg_ros.tools.replay import ReplaySettings, run_replay
+
+    backend = _SlowFirstCallBackend(create_backend(small_model))
+    pipeline = SegmentationPipeline(backend, {"registration": {"mode": "identity", "aspect_tolerance": 0.5}})
+    summary = run_replay(demo_bag, tmp_path / "out", pipeline,
+                         ReplaySettings(aux_topic="/thermal/image", progress=False))
+    assert summary.pairs >= 3 and summary.warmup_s >= 0.5
+    assert summary.latency_ms["infer"]["max"] < 250, summary.latency_ms["infer"]  # no pair paid the 0.5 s
+    assert any(f"after a {summary.warmup_s:.1f} s network warm-up" in line for line in summary.lines())
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt, RgbtSegError])
@@ -231,7 +264,7 @@ def test_interrupted_run_leaves_nothing_and_input_unchanged(tmp_path, small_mode
     out = tmp_path / "out"
     with pytest.raises(error, match="3rd frame"):
         run_replay(demo_bag, out, pipeline, ReplaySettings(aux_topic="/thermal/image", progress=False))
-    assert backend.calls == 3
+    assert backend.calls == 3 and backend.warmups == 2
     _no_leftovers(tmp_path, set())
     assert tree_hash(demo_bag) == before
 

@@ -372,6 +372,23 @@ def test_parameters_are_declared_with_descriptions_and_ranges(standin, model_fil
     assert node.subscriptions["/thermal/camera_info"].msg_type.__name__ == "CameraInfo"
 
 
+def test_network_is_warmed_up_before_the_first_frame(standin, model_files, monkeypatch):
+    # kernel choice, CUDA context, torch.compile: paid at start-up, not by the first frames
+    state = standin[0]
+    calls = []
+    real_infer = TorchBackend.infer
+
+    def counting_infer(self, rgb, aux):  # the real method, counted
+        calls.append(rgb.shape)
+        return real_infer(self, rgb, aux)
+
+    monkeypatch.setattr(TorchBackend, "infer", counting_infer)
+    node = make_node(standin, model_file=str(model_files["fusion_only"]))
+    h, w = node.pipeline.input_size
+    assert calls == [(1, 3, h, w)] * 2 and node.counters.pairs_synced == 0
+    assert any("network warm-up" in m for lvl, m in state.logs if lvl == "INFO")
+
+
 def test_thermal_normalisation_comes_from_the_card_unless_a_parameter_sets_it(standin, tmp_path):
     state = standin[0]
     path = _model(tmp_path / "fixed.safetensors", False,

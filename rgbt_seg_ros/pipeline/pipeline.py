@@ -113,6 +113,23 @@ class SegmentationPipeline:
         return DeviceOps(backend.device, self._rgb_mean, self._rgb_std, self._aux_mean, self._aux_std,
                          self.num_classes)
 
+    def warm_up(self, runs: int = 2) -> float:
+        """Run the network on blank inputs of its input size; returns the seconds it took.
+
+        The first calls of a network pay one-time costs (oneDNN/cuDNN kernel choice, the CUDA context,
+        torch.compile, TensorRT engines: from a second to minutes): at start-up they delay nothing, on the first
+        frames they would. Blank inputs are enough: these costs depend on the shapes, which are fixed.
+        """
+        import time
+
+        h, w = self.input_size
+        rgb = np.zeros((1, 3, h, w), np.float32)
+        aux = np.zeros((1, self.aux_channels, h, w), np.float32)
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            self.backend.infer(rgb, aux)
+        return time.perf_counter() - t0
+
     # -- helpers ------------------------------------------------------------------------------------
     def _transform(self, rgb_hw: tuple[int, int]) -> ResizeTransform:
         key = (rgb_hw, self.input_size, self.config.resize_mode)

@@ -93,6 +93,8 @@ class RgbtSegNode(Node):
         size_multiple = int(getattr(getattr(self.backend, "network", None), "size_multiple", 32) or 1)
         resolve_against_card(self.cfg, self.card, size_multiple, _fixed_input_hw(self.backend))
         self.pipeline = SegmentationPipeline(self.backend, PipelineConfig.from_dict(pipeline_config_dict(self.cfg)))
+        # the network's one-time costs (kernel choice, CUDA context, compilation) now, not on the first frames
+        self._warmup_s = self.pipeline.warm_up()
         self.model_file = self.cfg.model_file or "(built-in)"
         self.modality = self.cfg.modality
         self.rgb_only_possible = bool(self.card.supports_rgb_only)
@@ -156,7 +158,8 @@ class RgbtSegNode(Node):
             f"model {self.card.network}/{self.card.variant} ({self.model_file}, {self.backend.name}); "
             f"rgb/image + {self._aux_topic}; registration {self.cfg.registration}; "
             f"{self.modality} normalisation {self._normalisation_text()}; "
-            f"RGB-only fallback {'available' if self.rgb_only_possible else 'not supported by this model'}")
+            f"RGB-only fallback {'available' if self.rgb_only_possible else 'not supported by this model'}; "
+            f"network warm-up {self._warmup_s:.2f} s")
         if getattr(self.backend, "selection", None):
             self.get_logger().info(self.backend.selection)
 
