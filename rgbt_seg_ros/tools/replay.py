@@ -64,7 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     pipe.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     pipe.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     pipe.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    pipe.add_argument("--queue-size", type=int, default=10, help="pairing queue per stream (default 10)")
+    pipe.add_argument("--queue-size", type=int, default=10, help="pairing queue per stream, ≥ 2 (default 10)")
     pipe.add_argument("--slop", type=float, default=0.05, help="largest RGB/aux stamp difference of a pair, s (0.05)")
     out = parser.add_argument_group("output")
     out.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"), help="output storage (default mcap)")
@@ -332,6 +332,9 @@ def settings_from_args(args: argparse.Namespace) -> ReplaySettings:
         raise RgbtSegError("--rgb-only: cannot be combined with --thermal-topic / --depth-topic")
     if args.slop < 0:
         raise RgbtSegError(f"--slop: must be ≥ 0 seconds, got {args.slop}")
+    if args.queue_size < 2:
+        raise RgbtSegError(f"--queue-size: must be ≥ 2, got {args.queue_size} (a pair is decided once a later "
+                           "message of its stream has arrived, so a queue of one never pairs)")
     if not _NAMESPACE.fullmatch(args.namespace):
         raise RgbtSegError(f"--namespace {args.namespace!r}: not a ROS 2 namespace (letters, digits and underscores "
                            "in /-separated parts, none starting with a digit)")
