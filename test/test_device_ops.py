@@ -359,3 +359,33 @@ def test_numpy_path_never_imports_the_device_module():
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_network_sees_one_memory_layout_for_warm_up_frames_and_rgb_only(channels_last):
+    # torch.compile guards on strides (size-1 dimensions included): a frame from the device path (a permuted
+    # camera image) reaching the network with other strides than the warm-up's blank input compiled it again,
+    # on the first live frame
+    class StrideSpy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 2, 1)
+            self.seen = []
+
+        def forward(self, rgb, aux):
+            self.seen.append((rgb.stride(), aux.stride()))
+            return self.conv(torch.cat([rgb, aux], 1))
+
+    card = ModelCard(network="spy", num_classes=2, class_names=["a", "b"], palette=[[0, 0, 0], [9, 9, 9]],
+                     input_size=(64, 96))
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (120, 180, 3), dtype=np.uint8)
+    aux = rng.integers(0, 255, (120, 180), dtype=np.uint8)
+    for device_ops in ("off", "on"):
+        spy = StrideSpy()
+        pipe = SegmentationPipeline(TorchBackend(spy, card, channels_last=channels_last),
+                                    {"device_ops": device_ops, "registration": {"mode": "identity"}})
+        pipe.warm_up()
+        pipe.process(rgb, aux, "mono8")
+        pipe.process(rgb, None)
+        assert len(spy.seen) == 4 and len(set(spy.seen)) == 1, (device_ops, spy.seen)

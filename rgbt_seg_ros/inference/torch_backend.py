@@ -56,8 +56,19 @@ class TorchBackend:
         if aux is None:
             n, _, h, w = rgb.shape
             aux = torch.zeros((n, self.card.aux_channels, h, w), device=self.device)
-        if self.channels_last:
-            rgb = rgb.contiguous(memory_format=self._memory_format)
-            aux = aux.contiguous(memory_format=self._memory_format)
+        rgb, aux = self._standard_layout(rgb), self._standard_layout(aux)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             return self._forward(rgb, aux)
+
+    def _standard_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the backend's memory format with the standard strides, also on size-1 dimensions.
+
+        torch.compile guards on strides, and tensors of one shape reach here with several (a permuted camera
+        image from the device path, a numpy array, the warm-up's blank input, the zeros of RGB-only frames):
+        without this each layout would compile the network again, on a live frame. A size-1 dimension's stride
+        addresses nothing, so restating it is free.
+        """
+        x = x.contiguous(memory_format=self._memory_format)
+        n, c, h, w = x.shape
+        want = (c * h * w, 1, w * c, c) if self.channels_last else (c * h * w, h * w, w, 1)
+        return x if x.stride() == want else x.as_strided(x.shape, want)

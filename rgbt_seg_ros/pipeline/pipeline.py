@@ -118,7 +118,8 @@ class SegmentationPipeline:
 
         The first calls of a network pay one-time costs (oneDNN/cuDNN kernel choice, the CUDA context,
         torch.compile, TensorRT engines: from a second to minutes): at start-up they delay nothing, on the first
-        frames they would. Blank inputs are enough: these costs depend on the shapes, which are fixed.
+        frames they would. Blank inputs are enough: these costs depend on the shapes, which are fixed, and on the
+        memory layout, which backends make the same for every input (``TorchBackend._standard_layout``).
         """
         import time
 
