@@ -233,26 +233,33 @@ def test_failed_write_leaves_nothing_and_keeps_old_output(tmp_path, error):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-@pytest.mark.parametrize("step", ["mkdir", "open"])
+@pytest.mark.parametrize("step", ["mkdir", "parents", "open"])
 def test_interrupt_while_opening_leaves_nothing(tmp_path, monkeypatch, step):
     # SIGTERM/Ctrl-C between making the temporary folder and the end of __enter__: __exit__ never runs there
     # (CI caught a replay terminated just after the folder appeared, leaving .out.partial-* behind)
     import rgbt_seg_ros.io.bag as bag_module
 
+    real_mkdir = Path.mkdir
     if step == "mkdir":
-        real_mkdir = Path.mkdir
-
         def mkdir(self, *args, **kwargs):  # the interrupt lands right after the folder exists
             real_mkdir(self, *args, **kwargs)
             if ".partial-" in self.name:
                 raise KeyboardInterrupt
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+    elif step == "parents":
+        def mkdir(self, *args, **kwargs):  # "new" made, then the interrupt, before "new/deeper" exists
+            if self.name == "deeper":
+                if not self.parent.exists():
+                    return real_mkdir(self, *args, **kwargs)  # (the call that makes "new" first)
+                raise KeyboardInterrupt
+            return real_mkdir(self, *args, **kwargs)
         monkeypatch.setattr(Path, "mkdir", mkdir)
     else:
         def open_(self):
             raise KeyboardInterrupt
         monkeypatch.setattr(bag_module.Writer, "open", open_)
     with pytest.raises(KeyboardInterrupt):
-        with BagWriter(tmp_path / "new" / "out"):
+        with BagWriter(tmp_path / "new" / "deeper" / "out"):
             pass
     assert list(tmp_path.iterdir()) == []
 

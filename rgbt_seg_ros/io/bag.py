@@ -399,6 +399,8 @@ class BagWriter:
             for folder in (self.path.parent, *self.path.parent.parents):
                 try:
                     folder.rmdir()
+                except FileNotFoundError:
+                    pass  # not made yet: interrupted while making the folders above it
                 except OSError:
                     break
                 if folder == self._created:
