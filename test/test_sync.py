@@ -183,7 +183,7 @@ def test_stamps_from_messages_and_bad_parameters():
     assert stamp_seconds(SimpleNamespace(secs=2, nsecs=250_000_000)) == 2.25
     hdr = SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=1, nanosec=0)))
     assert stamp_seconds(hdr) == 1.0
-    for q in (0, 1):  # one slot never pairs: a pair waits for a later message of its stream
+    for q in (0, 1):  # one slot pairs nothing before flush(): a pair waits for a later message of its stream
         with pytest.raises(RgbtSegError, match="queue_size: must be ≥ 2"):
             ApproximateTimePairer(queue_size=q)
     with pytest.raises(RgbtSegError, match="slop"):

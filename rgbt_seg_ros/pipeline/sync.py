@@ -112,7 +112,8 @@ class ApproximateTimePairer:
 
     def __init__(self, queue_size: int = 10, slop: float = 0.05, reset_threshold: float = 1.0,
                  reorder_window: float = 0.0, on_drop: Callable[[str, str, Any], None] | None = None):
-        if int(queue_size) < 2:  # a pair is final once a later message of its stream is queued: one slot never pairs
+        # a pair is final once a later message of its stream is queued: one slot pairs nothing before flush()
+        if int(queue_size) < 2:
             raise RgbtSegError(f"parameter queue_size: must be ≥ 2, got {queue_size}")
         if not float(slop) >= 0:
             raise RgbtSegError(f"parameter slop: must be ≥ 0 seconds, got {slop}")

@@ -217,8 +217,8 @@ def run_replay(in_bag: str | Path, out_bag: str | Path, pipeline, settings: Repl
     latency = LatencyStats()
     with BagReader(in_bag) as bag:
         _resolve_topics(bag, s)
-        summary.warmup_s = pipeline.warm_up()  # so the first pairs' latencies are the network's, as later ones
         pairer = ApproximateTimePairer(queue_size=s.queue_size, slop=s.slop)
+        summary.warmup_s = pipeline.warm_up()  # so the first pairs' latencies are the network's, as later ones
         infos = {"rgb": LatestCameraInfo("rgb camera_info"), "aux": LatestCameraInfo(f"{s.modality} camera_info")}
         info_topics = {s.rgb_info_topic: "rgb", s.aux_info_topic: "aux"}
         info_topics.pop(None, None)
@@ -334,7 +334,7 @@ def settings_from_args(args: argparse.Namespace) -> ReplaySettings:
         raise RgbtSegError(f"--slop: must be ≥ 0 seconds, got {args.slop}")
     if args.queue_size < 2:
         raise RgbtSegError(f"--queue-size: must be ≥ 2, got {args.queue_size} (a pair is decided once a later "
-                           "message of its stream has arrived, so a queue of one never pairs)")
+                           "message of its stream has arrived, so a queue of one pairs nothing before the bag's end)")
     if not _NAMESPACE.fullmatch(args.namespace):
         raise RgbtSegError(f"--namespace {args.namespace!r}: not a ROS 2 namespace (letters, digits and underscores "
                            "in /-separated parts, none starting with a digit)")

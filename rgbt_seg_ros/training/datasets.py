@@ -400,9 +400,9 @@ def aux_to_raw(aux: np.ndarray, encoding: str, modality: str, norm: Normalizatio
     pipeline warps raw counts and clips afterwards: clipping first would blend clipped values into their
     neighbours at the range's ends, an input the network would never get at run time. NaN/inf temperatures
     are kept (they spread to their resize neighbours, as through the pipeline's warp, and come out 0).
-    Depth and 8-bit images are in [0, 1] already (lo, hi = 0, 1); depth is resized nearest, so the order
-    does not matter there. 8-bit depth (pre-scaled, as some RGB-D releases ship it) and 3-channel HHA are
-    divided by 255; everything else goes through the pipeline's own normalisation.
+    Depth and HHA come back in [0, 1] already (lo, hi = 0, 1): depth is resized nearest, so the order does not
+    matter there; 8-bit depth (pre-scaled, as some RGB-D releases ship it) and 3-channel HHA are divided by
+    255, other depth goes through the pipeline's own normalisation.
     """
     if modality == "thermal" and encoding != "hha8":
         lo, hi = value_range(aux, encoding, modality, norm)  # also checks encoding and dtype
