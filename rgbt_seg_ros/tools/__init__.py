@@ -2,6 +2,7 @@
 
 Shared option choices and checks live here, free of heavy imports so that ``--help`` stays instant.
 """
+import os
 from pathlib import Path
 
 from rgbt_seg_ros.errors import RgbtSegError
@@ -18,4 +19,25 @@ def check_output_folder(out: Path, flag: str = "--out") -> None:
         if p.exists():
             if not p.is_dir():
                 raise RgbtSegError(f"{flag} {out}: {p} is a file, not a folder")
+            return
+
+
+def check_output_file(out: Path, force: bool, flag: str = "--out", inputs: tuple[Path, ...] = ()) -> None:
+    """``out`` is a file to write at the end of a long run: refuse now what would fail or destroy something then
+    (an existing file without ``force``, a folder, one of the run's ``inputs``, a parent that is a file or
+    cannot be written)."""
+    out = Path(out)
+    for source in inputs:
+        if Path(source).exists() and out.exists() and out.resolve() == Path(source).resolve():
+            raise RgbtSegError(f"{flag} {out}: is the input file; choose another path")
+    if out.is_dir():
+        raise RgbtSegError(f"{flag} {out}: is a folder; give a file path")
+    if out.exists() and not force:
+        raise RgbtSegError(f"{flag} {out}: exists; pass --force to overwrite it")
+    for p in out.parents:
+        if p.exists():
+            if not p.is_dir():
+                raise RgbtSegError(f"{flag} {out}: {p} is a file, not a folder")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise RgbtSegError(f"{flag} {out}: cannot write in {p} (permission denied or read-only)")
             return
