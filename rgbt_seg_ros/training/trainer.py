@@ -101,7 +101,7 @@ def load_config(path_or_dict) -> dict:
             raise RgbtSegError(f"training config {path} does not exist")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:  # a checkpoint or model file given by mistake
             raise RgbtSegError(f"training config {path}: not valid YAML ({first_line(exc)})") from None
         src = str(path)
     if not isinstance(data, dict):
@@ -118,6 +118,7 @@ def load_config(path_or_dict) -> dict:
     if cfg["schedule"]["name"] not in ("poly", "cosine", "exponential", "constant"):
         raise RgbtSegError(f"config key 'schedule.name': {cfg['schedule']['name']!r} is not poly, cosine, "
                            "exponential or constant")
+    _check_numbers(cfg)
     for st in cfg["stages"] or []:
         if not isinstance(st, dict) or "steps" not in st:
             raise RgbtSegError("config key 'stages': every stage needs 'steps'")
@@ -125,8 +126,41 @@ def load_config(path_or_dict) -> dict:
         if unknown:
             raise RgbtSegError(f"config key 'stages': unknown stage key {sorted(unknown)[0]!r}")
         _merge(DEFAULTS["loss"], st.get("loss") or {}, "stages.loss.")
+    stages_of(cfg)  # the step counts, checked before anything is made on disk
     cfg["_source"] = src
     return cfg
+
+
+# (section, key, kind, least): kind "int" or "number"; None values mean "off" where the defaults say so
+_NUMBERS = (("data", "batch_size", "int", 1), ("data", "num_workers", "int", 0), ("optim", "lr", "number", 0.0),
+            ("optim", "weight_decay", "number", 0.0), ("train", "log_every", "int", 1),
+            ("train", "val_every", "int", 0), ("train", "ckpt_every", "int", 0), ("train", "keep_checkpoints", "int", 0),
+            ("train", "threads", "int", 0), ("schedule", "warmup_steps", "int", 0))
+
+
+def _check_numbers(cfg: dict) -> None:
+    """Wrong types and impossible values as one line naming the key, not as a traceback hours into a run."""
+    for section, key, kind, least in _NUMBERS:
+        value = cfg[section][key]
+        if value is None and DEFAULTS[section][key] is None:
+            continue
+        if kind == "number" and isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                value = cfg[section][key] = float(value)
+            except ValueError:
+                pass
+        ok_type = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type or value < least or (key == "lr" and value <= 0):
+            need = "a whole number" if kind == "int" else "a number"
+            bound = "> 0" if key == "lr" else f"≥ {least}"
+            raise RgbtSegError(f"config key '{section}.{key}': must be {need} {bound}, got {value!r}")
+    size = cfg["data"]["input_size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in size)):
+        raise RgbtSegError(f"config key 'data.input_size': must be [height, width] in pixels (≥ 8), got {size!r}")
+    if cfg["train"]["save_dtype"] not in ("float32", "float16", "bfloat16"):
+        raise RgbtSegError(f"config key 'train.save_dtype': {cfg['train']['save_dtype']!r} is not float32, float16 "
+                           f"or bfloat16")
 
 
 def stages_of(cfg: dict) -> list[dict]:
@@ -134,7 +168,10 @@ def stages_of(cfg: dict) -> list[dict]:
     raw = cfg["stages"] or [{"name": "train", "steps": cfg["train"]["steps"]}]
     out, start = [], 0
     for i, st in enumerate(raw):
-        n = int(st["steps"])
+        n = st["steps"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            where = "train.steps" if not cfg["stages"] else f"stages[{i}].steps"
+            raise RgbtSegError(f"config key '{where}': must be a whole number ≥ 1, got {n!r}")
         out.append({"name": st.get("name", f"stage{i + 1}"), "start": start, "end": start + n,
                     "loss": _merge(cfg["loss"], st.get("loss") or {}, "stages.loss.")})
         start += n
@@ -362,8 +399,11 @@ class Trainer:
             return None
         path = self.out_dir / f"checkpoint_{self.step:07d}.pt"
         tmp = path.with_suffix(".pt.partial")
-        torch.save(self.checkpoint_state(), tmp)
-        tmp.replace(path)
+        try:
+            torch.save(self.checkpoint_state(), tmp)
+            tmp.replace(path)
+        finally:  # Ctrl-C or a full disk mid-write: no half checkpoint left beside the good ones
+            tmp.unlink(missing_ok=True)
         keep = int(self.cfg["train"]["keep_checkpoints"])
         for old in sorted(self.out_dir.glob("checkpoint_*.pt"))[:-keep] if keep > 0 else []:
             old.unlink()
