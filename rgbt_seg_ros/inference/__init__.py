@@ -36,7 +36,8 @@ def create_backend(model: str | Path | None = None, backend: str = "auto", devic
         raise RgbtSegError(f"parameter backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = Path(model) if model is not None else builtin_model_path()
     if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist")
+        raise ModelFileError(f"model file {path} " + ("is a folder, not a model file" if path.is_dir() else
+                                                       "does not exist"))
     if path.suffix == ".onnx" or backend == "onnxruntime":
         return _onnx_backend(path, device, precision)
     from rgbt_seg_ros.inference.torch_backend import TorchBackend

@@ -10,6 +10,20 @@ from rgbt_seg_ros.inference.artifact import ModelCard
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 
 
+def torch_device(device: str) -> torch.device:
+    """``device`` as a torch device that exists here, else one line naming the parameter (not torch's errors)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RgbtSegError(f"parameter device: {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise RgbtSegError(f"parameter device: {device} asked for, but torch sees {count} CUDA device(s); "
+                               f"use cpu or install a CUDA build of torch")
+    return dev
+
+
 class TorchBackend:
     """``infer`` (numpy in, numpy out: the ``Backend`` protocol) and ``infer_tensors`` (tensors on ``self.device``
     in, logits tensor on it out: what the pipeline's device path uses, so nothing crosses the bus here).
@@ -30,7 +44,7 @@ class TorchBackend:
         if compile_mode not in COMPILE_MODES:
             raise RgbtSegError(f"parameter compile_mode: {compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
         self.card = card
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
         self._memory_format = torch.channels_last if self.channels_last else torch.contiguous_format

@@ -205,7 +205,7 @@ class PipelineConfig:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise RgbtSegError(f"pipeline config {path}: cannot read ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:  # UnicodeDecodeError: a binary file given by mistake
             raise RgbtSegError(f"pipeline config {path}: not valid YAML ({first_line(exc)})") from None
         if isinstance(data, dict) and "pipeline" in data and len(data) == 1:
             data = data["pipeline"]

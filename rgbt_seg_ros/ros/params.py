@@ -242,13 +242,9 @@ def check_device(cfg: NodeConfig) -> None:
     uses_torch = cfg.backend != "onnxruntime" and not cfg.model_file.endswith(".onnx")
     if not uses_torch or cfg.device == "cpu":
         return
-    import torch
+    from rgbt_seg_ros.inference.torch_backend import torch_device
 
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = int(cfg.device.split(":")[1]) if ":" in cfg.device else 0
-    if index >= count:
-        raise RgbtSegError(f"parameter device: {cfg.device} asked for, but torch sees "
-                           f"{count} CUDA device(s); use cpu or install a CUDA build of torch")
+    torch_device(cfg.device)
 
 
 def resolve_against_card(cfg: NodeConfig, card, size_multiple: int = 32,

@@ -120,6 +120,15 @@ def main(args: argparse.Namespace) -> int:
     from rgbt_seg_ros.errors import RgbtSegError
     from rgbt_seg_ros.networks import get_network_spec, list_networks
 
+    from rgbt_seg_ros.tools import check_output_file
+
+    for flag, value, least in (("--iters", args.iters, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 0),
+                               ("--agreement", args.agreement, 0)):
+        if value < least:
+            raise RgbtSegError(f"{flag}: must be ≥ {least}, got {value}")
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path is not None:  # before the benchmark, not after it; a report file may be replaced
+            check_output_file(path, force=True, flag=flag)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -213,7 +222,9 @@ def bench_pipeline(args, workdir: Path) -> dict:
 
         backend = exported_backend(*load_model(model), workdir, args.device, args.precision, args.threads)
     else:
-        backend = create_backend(model, device=args.device, precision=args.precision, compile_mode=args.compile_mode)
+        # the backend asked for: "auto" would take an .onnx export lying beside the model file
+        backend = create_backend(model, backend="onnxruntime" if model.suffix == ".onnx" else "torch",
+                                 device=args.device, precision=args.precision, compile_mode=args.compile_mode)
     # A typical vehicle rig: wide RGB, narrower thermal with strong barrel distortion, 8 cm baseline.
     rgb_cam = CameraModel(K=[[900, 0, 640], [0, 900, 360], [0, 0, 1]], D=[-0.1, 0.05, 0, 0, 0], width=1280, height=720)
     th_cam = CameraModel(K=[[510, 0, 320], [0, 510, 256], [0, 0, 1]], D=[-0.43, 0.19, 0, 0, 0], width=640, height=512)

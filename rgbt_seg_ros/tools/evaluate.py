@@ -37,6 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     parser.add_argument("--out", default=None, help="report folder (default: print only)")
+    parser.add_argument("--force", action="store_true", help="overwrite the report files in an existing --out")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -64,6 +65,17 @@ def main(args: argparse.Namespace) -> int:
     from rgbt_seg_ros.training.datasets import build_dataset
     from rgbt_seg_ros.training.evaluate import evaluate, write_report
 
+    from pathlib import Path
+
+    from rgbt_seg_ros.errors import RgbtSegError
+    from rgbt_seg_ros.tools import check_output_file, check_output_folder
+
+    if args.limit is not None and args.limit < 1:
+        raise RgbtSegError(f"--limit: must be ≥ 1, got {args.limit}")
+    if args.out:  # checked before the evaluation, which can take hours, not after it
+        out = Path(args.out)
+        check_output_folder(out)
+        check_output_file(out / "report.md", args.force)
     dataset = build_dataset(_dataset_cfg(args))
     backend = create_backend(args.model, backend=args.backend, device=args.device, precision=args.precision)
     pcfg = None
