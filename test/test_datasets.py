@@ -250,12 +250,33 @@ def test_photometric_changes_rgb_only_and_modality_dropout_zeroes_aux():
     assert torch.count_nonzero(a2) == 0 and torch.equal(r2, r0)
 
 
-def test_depth_reaches_the_network_as_the_pipeline_feeds_it():
-    # training's resize of depth must not blend invalid zeros into valid depths: nearest, as the pipeline
+class _AuxSpy(torch.nn.Module):
+    """A 1×1 convolution that keeps the aux tensor it was fed."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 2, 1)
+
+    def forward(self, rgb_in, aux_in):
+        self.seen = aux_in.clone()
+        return self.conv(torch.cat([rgb_in, aux_in], 1))
+
+
+def _spy_pipeline(tf: TrainTransform, modality: str, registration: dict):
+    """(SegmentationPipeline, spy) for a network trained with ``tf``: same input size and normalisation."""
     from rgbt_seg_ros.inference.artifact import ModelCard
     from rgbt_seg_ros.inference.torch_backend import TorchBackend
     from rgbt_seg_ros.pipeline import SegmentationPipeline
 
+    card = ModelCard(network="spy", num_classes=2, class_names=["a", "b"], palette=[[0, 0, 0], [1, 1, 1]],
+                     input_size=tf.size, modality=modality, aux_mean=(0.5,), aux_std=(0.25,),
+                     normalization=tf.norm.to_dict())
+    spy = _AuxSpy()
+    return SegmentationPipeline(TorchBackend(spy, card), {"registration": registration}), spy
+
+
+def test_depth_reaches_the_network_as_the_pipeline_feeds_it():
+    # training's resize of depth must not blend invalid zeros into valid depths: nearest, as the pipeline
     rng = np.random.default_rng(4)
     depth = rng.integers(400, 9000, (480, 848)).astype(np.uint16)
     depth[rng.random(depth.shape) < 0.05] = 0  # RealSense holes
@@ -264,25 +285,12 @@ def test_depth_reaches_the_network_as_the_pipeline_feeds_it():
     _, aux_t, _ = tf({"rgb": rgb, "aux": depth, "aux_encoding": "16UC1",
                       "labels": np.zeros((480, 848), np.uint8)}, 0)
 
-    class Spy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(4, 2, 1)
-
-        def forward(self, rgb_in, aux_in):
-            self.seen = aux_in.clone()
-            return self.conv(torch.cat([rgb_in, aux_in], 1))
-
-    card = ModelCard(network="spy", num_classes=2, class_names=["a", "b"], palette=[[0, 0, 0], [1, 1, 1]],
-                     input_size=(240, 424), modality="depth", aux_mean=(0.5,), aux_std=(0.25,),
-                     normalization=tf.norm.to_dict())
-    spy = Spy()
     # the pipeline's depth registration, with one camera for both: depth lands on its own pixels, then is
     # resized to the network nearest
     from rgbt_seg_ros.pipeline import CameraModel, Extrinsics
 
     cam = CameraModel(K=[[600.0, 0, 423.5], [0, 600.0, 239.5], [0, 0, 1]], D=np.zeros(5), width=848, height=480)
-    pipe = SegmentationPipeline(TorchBackend(spy, card), {"registration": {"mode": "depth", "hole_fill": 0}})
+    pipe, spy = _spy_pipeline(tf, "depth", {"mode": "depth", "hole_fill": 0})
     pipe.process(rgb, depth, "16UC1", rgb_camera=cam, aux_camera=cam, extrinsics=Extrinsics.identity(),
                  outputs={"labels"})
     assert torch.allclose(spy.seen[0], aux_t, atol=1e-5)
@@ -295,10 +303,6 @@ def test_depth_reaches_the_network_as_the_pipeline_feeds_it():
 def test_clipped_thermal_reaches_the_network_as_the_pipeline_feeds_it(encoding):
     # the pipeline warps raw values and clips after; training clipped before resizing, so pixels beside the
     # range's ends reached the network with other values than at run time (up to ~1 standardised unit)
-    from rgbt_seg_ros.inference.artifact import ModelCard
-    from rgbt_seg_ros.inference.torch_backend import TorchBackend
-    from rgbt_seg_ros.pipeline import SegmentationPipeline
-
     rng = np.random.default_rng(5)
     if encoding == "mono16":
         thermal = rng.integers(1000, 9000, (256, 320)).astype(np.uint16)
@@ -313,20 +317,7 @@ def test_clipped_thermal_reaches_the_network_as_the_pipeline_feeds_it(encoding):
     _, aux_t, _ = tf({"rgb": rgb, "aux": thermal, "aux_encoding": encoding,
                       "labels": np.zeros((256, 320), np.uint8)}, 0)
 
-    class Spy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(4, 2, 1)
-
-        def forward(self, rgb_in, aux_in):
-            self.seen = aux_in.clone()
-            return self.conv(torch.cat([rgb_in, aux_in], 1))
-
-    card = ModelCard(network="spy", num_classes=2, class_names=["a", "b"], palette=[[0, 0, 0], [1, 1, 1]],
-                     input_size=(128, 160), modality="thermal", aux_mean=(0.5,), aux_std=(0.25,),
-                     normalization=tf.norm.to_dict())
-    spy = Spy()
-    pipe = SegmentationPipeline(TorchBackend(spy, card), {"registration": {"mode": "identity"}})
+    pipe, spy = _spy_pipeline(tf, "thermal", {"mode": "identity"})
     pipe.process(rgb, thermal, encoding, outputs={"labels"})
     seen = spy.seen[0]
     finite = torch.isfinite(seen) & torch.isfinite(aux_t)

@@ -8,18 +8,8 @@ import pytest
 import yaml
 
 from rgbt_seg_ros.cli import main as cli
+from test_replay import small_model  # noqa: F401 - the fixture: a real model file, untrained
 from test_training import TINY
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    from rgbt_seg_ros.inference.artifact import save_model
-    from rgbt_seg_ros.tools.demo import untrained_backend
-
-    backend = untrained_backend(input_size=(64, 96))
-    path = tmp_path_factory.mktemp("model") / "small.safetensors"
-    save_model(path, backend.network.state_dict(), backend.card)
-    return path
 
 
 def _one_line_error(capsys, rc: int, expected: str) -> None:
@@ -32,22 +22,22 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_export_checks_its_output_before_exporting(tmp_path, model, capsys):
+def test_export_checks_its_output_before_exporting(tmp_path, small_model, capsys):
     work = tmp_path / "work"
     work.mkdir()
     (work / "a_folder").mkdir()
     (work / "a_file").write_text("mine")
     onnx_file = work / "m.onnx"
     onnx_file.write_bytes(b"not exported")
-    before = model.read_bytes(), _tree(work)
+    before = small_model.read_bytes(), _tree(work)
     for argv, expected in (
-            ([str(model), "--out", str(work / "a_folder"), "--force"], "is a folder"),
-            ([str(model), "--out", str(model), "--force"], "is the input file"),  # replaced the model with ONNX
-            ([str(model), "--out", str(work / "a_file" / "m.onnx")], "is a file, not a folder"),
-            ([str(model), "--out", str(work / "x.onnx"), "--opset", "99"], "--opset 99: choose 17 to"),
+            ([str(small_model), "--out", str(work / "a_folder"), "--force"], "is a folder"),
+            ([str(small_model), "--out", str(small_model), "--force"], "is the input file"),  # replaced the model with ONNX
+            ([str(small_model), "--out", str(work / "a_file" / "m.onnx")], "is a file, not a folder"),
+            ([str(small_model), "--out", str(work / "x.onnx"), "--opset", "99"], "--opset 99: choose 17 to"),
             ([str(onnx_file)], "is an ONNX file already")):  # said "exists; pass --force", inviting to replace it
         _one_line_error(capsys, cli(["export", *argv]), expected)
-    assert (model.read_bytes(), _tree(work)) == before
+    assert (small_model.read_bytes(), _tree(work)) == before
     assert sorted(p.name for p in work.iterdir()) == ["a_file", "a_folder", "m.onnx"]  # no .partial left
 
 
@@ -110,7 +100,7 @@ def test_interrupted_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypat
     assert list((tmp_path / "run").glob("*.partial")) == [] and list((tmp_path / "run").glob("*.pt")) == []
 
 
-def test_evaluate_and_bench_check_outputs_and_values_first(tmp_path, model, capsys):
+def test_evaluate_and_bench_check_outputs_and_values_first(tmp_path, small_model, capsys):
     report = tmp_path / "ev" / "report.md"
     report.parent.mkdir()
     report.write_text("last week's figures")
@@ -122,11 +112,11 @@ def test_evaluate_and_bench_check_outputs_and_values_first(tmp_path, model, caps
             (["--limit", "0"], "--limit: must be ≥ 1, got 0"),  # printed mIoU nan
             (["--device", "cuda:3"], "parameter device: cuda:3 asked for, but torch sees"),
             (["--device", "gpu"], "parameter device: 'gpu' is not a device name"),
-            (["--pipeline-config", str(model)], "not valid YAML")):  # a binary file: UnicodeDecodeError
-        _one_line_error(capsys, cli(["evaluate", "--model", str(model), *dataset, *argv]), expected)
+            (["--pipeline-config", str(small_model)], "not valid YAML")):  # a binary file: UnicodeDecodeError
+        _one_line_error(capsys, cli(["evaluate", "--model", str(small_model), *dataset, *argv]), expected)
     assert report.read_text() == "last week's figures"
     _one_line_error(capsys, cli(["evaluate", "--model", str(tmp_path), *dataset]), "is a folder, not a model file")
     for argv, expected in ((["--iters", "0"], "--iters: must be ≥ 1, got 0"),
                            (["--json", str(a_file / "out.json")], "is a file, not a folder")):
-        _one_line_error(capsys, cli(["bench", "--skip-networks", "--model", str(model), *argv]), expected)
+        _one_line_error(capsys, cli(["bench", "--skip-networks", "--model", str(small_model), *argv]), expected)
     assert a_file.read_text() == "mine"
