@@ -13,13 +13,16 @@ BACKEND_HELP = ("inference backend: auto = onnxruntime for an .onnx file; for a 
                 "else torch")
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (the folder a new path would be made in)."""
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
 def check_output_folder(out: Path, flag: str = "--out") -> None:
     """``out`` must be a folder or become one: not a file, nor under one (checked before any work starts)."""
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise RgbtSegError(f"{flag} {out}: {p} is a file, not a folder")
-            return
+    p = _nearest_existing(Path(out))
+    if not p.is_dir():
+        raise RgbtSegError(f"{flag} {out}: {p} is a file, not a folder")
 
 
 def check_output_file(out: Path, force: bool, flag: str = "--out", inputs: tuple[Path, ...] = ()) -> None:
@@ -27,17 +30,13 @@ def check_output_file(out: Path, force: bool, flag: str = "--out", inputs: tuple
     (an existing file without ``force``, a folder, one of the run's ``inputs``, a parent that is a file or
     cannot be written)."""
     out = Path(out)
-    for source in inputs:
-        if Path(source).exists() and out.exists() and out.resolve() == Path(source).resolve():
-            raise RgbtSegError(f"{flag} {out}: is the input file; choose another path")
+    if out.exists() and any(Path(source).exists() and out.samefile(source) for source in inputs):
+        raise RgbtSegError(f"{flag} {out}: is the input file; choose another path")
     if out.is_dir():
         raise RgbtSegError(f"{flag} {out}: is a folder; give a file path")
     if out.exists() and not force:
         raise RgbtSegError(f"{flag} {out}: exists; pass --force to overwrite it")
-    for p in out.parents:
-        if p.exists():
-            if not p.is_dir():
-                raise RgbtSegError(f"{flag} {out}: {p} is a file, not a folder")
-            if not os.access(p, os.W_OK | os.X_OK):
-                raise RgbtSegError(f"{flag} {out}: cannot write in {p} (permission denied or read-only)")
-            return
+    check_output_folder(out.parent, flag)
+    p = _nearest_existing(out.parent)
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise RgbtSegError(f"{flag} {out}: cannot write in {p} (permission denied or read-only)")

@@ -119,7 +119,6 @@ def main(args: argparse.Namespace) -> int:
 
     from rgbt_seg_ros.errors import RgbtSegError
     from rgbt_seg_ros.networks import get_network_spec, list_networks
-
     from rgbt_seg_ros.tools import check_output_file
 
     for flag, value, least in (("--iters", args.iters, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 0),

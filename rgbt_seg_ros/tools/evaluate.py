@@ -61,21 +61,18 @@ def _dataset_cfg(args) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rgbt_seg_ros.inference import create_backend
-    from rgbt_seg_ros.training.datasets import build_dataset
-    from rgbt_seg_ros.training.evaluate import evaluate, write_report
-
     from pathlib import Path
 
     from rgbt_seg_ros.errors import RgbtSegError
-    from rgbt_seg_ros.tools import check_output_file, check_output_folder
+    from rgbt_seg_ros.inference import create_backend
+    from rgbt_seg_ros.tools import check_output_file
+    from rgbt_seg_ros.training.datasets import build_dataset
+    from rgbt_seg_ros.training.evaluate import evaluate, write_report
 
     if args.limit is not None and args.limit < 1:
         raise RgbtSegError(f"--limit: must be ≥ 1, got {args.limit}")
-    if args.out:  # checked before the evaluation, which can take hours, not after it
-        out = Path(args.out)
-        check_output_folder(out)
-        check_output_file(out / "report.md", args.force)
+    if args.out:  # checked before the evaluation, which can take hours, not after it (--out itself a file too)
+        check_output_file(Path(args.out) / "report.md", args.force)
     dataset = build_dataset(_dataset_cfg(args))
     backend = create_backend(args.model, backend=args.backend, device=args.device, precision=args.precision)
     pcfg = None

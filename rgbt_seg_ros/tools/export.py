@@ -24,7 +24,6 @@ def main(args: argparse.Namespace) -> int:
     from rgbt_seg_ros.errors import RgbtSegError
     from rgbt_seg_ros.inference.artifact import load_model
     from rgbt_seg_ros.inference.export import export_onnx
-
     from rgbt_seg_ros.tools import check_output_file
 
     if args.model.suffix.lower() == ".onnx":
