@@ -197,6 +197,23 @@ def test_bad_dataset_config_keys():
         build_dataset({"type": "mfnet"})
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("length", "abc", "length must be a whole number ≥ 1, got 'abc'"),
+    ("length", 0, "length must be a whole number ≥ 1, got 0"),  # an empty dataset scored NaN
+    ("length", -3, "length must be a whole number ≥ 1"),
+    ("seed", 1.5, "seed must be a whole number ≥ 0, got 1.5"),  # was truncated to 1 without a word
+    ("seed", True, "seed must be a whole number"),
+    ("offset", -1, "offset must be a whole number ≥ 0"),
+    ("size", 5, r"size must be \[height, width\], got 5"),
+    ("size", [0, 5], "size must be a whole number ≥ 8, got 0"),
+    ("cache", "maybe", "cache must be true or false"),
+])
+def test_synthetic_dataset_options_are_checked_and_named(option, value, message):
+    # --option KEY=VALUE and a training YAML give these values as YAML read them
+    with pytest.raises(RgbtSegError, match=f"synthetic dataset: {message}"):
+        build_dataset({"type": "synthetic", option: value})
+
+
 # ------------------------------------------------------------------------------------------------ synthetic + transform
 
 def test_synthetic_dataset_is_deterministic_and_alternates_day_night():

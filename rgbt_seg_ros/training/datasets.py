@@ -321,6 +321,13 @@ class FolderDataset(_FileDataset):
                          aux_channels)
 
 
+def _whole_number(what: str, value, least: int) -> int:
+    """``value`` as an int ≥ ``least``, or one error naming ``what`` (YAML gives "abc", 1.5 or true as easily)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise RgbtSegError(f"{what} must be a whole number ≥ {least}, got {value!r}")
+    return value
+
+
 class SyntheticDataset(SegmentationDataset):
     """Synthetic scenes generated on the fly. ``night``: "mixed" (odd indices at night), "day" or "night"."""
 
@@ -331,12 +338,19 @@ class SyntheticDataset(SegmentationDataset):
         from rgbt_seg_ros.synthetic import SceneGenerator
 
         super().__init__(get_class_set("synthetic"), modality, 1)
+        seed, length, offset = (_whole_number(f"synthetic dataset: {key}", value, least) for key, value, least in
+                                (("seed", seed, 0), ("length", length, 1), ("offset", offset, 0)))
+        if not (isinstance(size, (list, tuple)) and len(size) == 2):
+            raise RgbtSegError(f"synthetic dataset: size must be [height, width], got {size!r}")
+        size = tuple(_whole_number("synthetic dataset: size", v, 8) for v in size)
+        if not isinstance(cache, bool):
+            raise RgbtSegError(f"synthetic dataset: cache must be true or false, got {cache!r}")
         if night not in ("mixed", "day", "night"):
             raise RgbtSegError(f"synthetic dataset: night {night!r} is not mixed, day or night")
         if modality not in ("thermal", "depth"):
             raise RgbtSegError(f"synthetic dataset: modality {modality!r} is not thermal or depth")
         self.generator = SceneGenerator(seed)
-        self.length, self.size, self.night, self.offset = int(length), tuple(int(v) for v in size), night, int(offset)
+        self.length, self.size, self.night, self.offset = length, size, night, offset
         # Rendering costs more than a training step's data share on a small CPU: with ``cache`` every
         # frame is rendered once per process and reused across epochs (≈ 0.35 MB per 180×320 frame).
         self._cache: dict[int, dict] | None = {} if cache else None
