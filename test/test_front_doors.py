@@ -66,7 +66,10 @@ def test_train_refuses_bad_values_and_an_existing_model_before_training(tmp_path
                            ({"optim__lr": "fast"}, "'optim.lr': must be a number > 0, got 'fast'"),
                            ({"data__input_size": 64}, "'data.input_size': must be [height, width]"),
                            ({"train__steps": -1}, "'train.steps': must be a whole number ≥ 1, got -1"),
-                           ({"train__save_dtype": "fp16"}, "'train.save_dtype': 'fp16' is not float32")):
+                           ({"train__save_dtype": "fp16"}, "'train.save_dtype': 'fp16' is not float32"),
+                           # found only when the trainer builds the network: the run folder was made already
+                           ({"network__name": "freqfusoin"}, "config key 'network': unknown network 'freqfusoin'"),
+                           ({"network__variant": "resnet19"}, "has no variant 'resnet19'")):
         bad = _write_config(tmp_path / "bad.yaml", tmp_path, **over)
         _one_line_error(capsys, cli(["train", str(bad)]), expected)
     binary = tmp_path / "checkpoint.pt"

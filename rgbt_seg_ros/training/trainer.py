@@ -257,8 +257,6 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.is_main = self.rank == 0
         self.out_dir = Path(cfg["output_dir"])
-        if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.seed = int(cfg["seed"])
         _seed_everything(self.seed)
         self.stages = stages_of(cfg)
@@ -266,6 +264,11 @@ class Trainer:
         self._build_data()
         self._build_model()
         self._build_optim()
+        if self.is_main:  # after everything the config names has been built: a typo there leaves no folder
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RgbtSegError(f"output_dir {self.out_dir}: cannot be made ({exc.strerror or exc})") from None
         self.step = 0
         self.skipped_steps = 0
         self.writer = None
