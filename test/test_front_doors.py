@@ -123,3 +123,16 @@ def test_evaluate_and_bench_check_outputs_and_values_first(tmp_path, small_model
                            (["--json", str(a_file / "out.json")], "is a file, not a folder")):
         _one_line_error(capsys, cli(["bench", "--skip-networks", "--model", str(small_model), *argv]), expected)
     assert a_file.read_text() == "mine"
+
+
+def test_bench_checks_the_model_file_before_benchmarking(tmp_path, small_model, capsys):
+    from rgbt_seg_ros.inference.artifact import load_model
+    from rgbt_seg_ros.inference.export import export_onnx
+
+    onnx_file = export_onnx(*load_model(small_model), tmp_path / "small.onnx", check_sizes=((64, 96),)).path
+    # the agreement needs the torch weights: it failed after the whole pipeline benchmark had run
+    _one_line_error(capsys, cli(["bench", "--skip-networks", "--model", str(onnx_file), "--agreement", "1"]),
+                    "--agreement: compares torch with onnxruntime, so --model must be the .safetensors")
+    # a missing model was found only after the network benchmarks (minutes each)
+    _one_line_error(capsys, cli(["bench", "--pipeline", "--networks", "fusion_baseline", "--model",
+                                 str(tmp_path / "missing.safetensors")]), "missing.safetensors does not exist")

@@ -128,6 +128,13 @@ def main(args: argparse.Namespace) -> int:
     for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
         if path is not None:  # before the benchmark, not after it; a report file may be replaced
             check_output_file(path, force=True, flag=flag)
+    if args.model is not None and (args.pipeline or args.skip_networks or args.agreement):
+        from rgbt_seg_ros.inference.artifact import read_card
+
+        read_card(args.model)  # a missing or foreign file, before minutes of network benchmarks
+        if args.agreement and args.model.suffix.lower() == ".onnx":
+            raise RgbtSegError(f"--agreement: compares torch with onnxruntime, so --model must be the .safetensors "
+                               f"model file, not the ONNX file {args.model}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
