@@ -279,8 +279,9 @@ class _AuxSpy(torch.nn.Module):
         return self.conv(torch.cat([rgb_in, aux_in], 1))
 
 
-def _spy_pipeline(tf: TrainTransform, modality: str, registration: dict):
-    """(SegmentationPipeline, spy) for a network trained with ``tf``: same input size and normalisation."""
+def _spy_pipeline(tf: TrainTransform, modality: str, registration: dict, **config):
+    """(SegmentationPipeline, spy) for a network trained with ``tf``: same input size and normalisation;
+    ``config``: further pipeline settings."""
     from rgbt_seg_ros.inference.artifact import ModelCard
     from rgbt_seg_ros.inference.torch_backend import TorchBackend
     from rgbt_seg_ros.pipeline import SegmentationPipeline
@@ -289,7 +290,27 @@ def _spy_pipeline(tf: TrainTransform, modality: str, registration: dict):
                      input_size=tf.size, modality=modality, aux_mean=(0.5,), aux_std=(0.25,),
                      normalization=tf.norm.to_dict())
     spy = _AuxSpy()
-    return SegmentationPipeline(TorchBackend(spy, card), {"registration": registration}), spy
+    return SegmentationPipeline(TorchBackend(spy, card), {"registration": registration, **config}), spy
+
+
+@pytest.mark.parametrize("modality, encoding", [("thermal", "mono16"), ("depth", "16UC1")])
+def test_crop_padding_is_the_aux_value_the_pipeline_gives_outside_the_view(modality, encoding):
+    rng = np.random.default_rng(5)
+    aux = (rng.integers(21000, 23000, (40, 80)) if modality == "thermal" else rng.integers(500, 4000, (40, 80)))
+    sample = {"rgb": rng.integers(0, 255, (40, 80, 3), dtype=np.uint8), "aux": aux.astype(np.uint16),
+              "aux_encoding": encoding, "labels": np.zeros((40, 80), np.uint8)}
+    tf = TrainTransform((48, 96), modality, (0.5,) * 3, (0.25,) * 3, (0.5,), (0.25,), scale=(1.0, 1.0), flip=False)
+    _, aux_t, labels = tf(sample, 0)  # 40×80 padded to 48×96: the pad is ignored in the loss, but still seen
+    pad = aux_t[0][labels == IGNORE]
+    # the pipeline: a letterbox band of a 40×80 image in a 48×80 network input
+    pipe, spy = _spy_pipeline(tf, modality, {"mode": "identity"}, resize_mode="letterbox", input_size=[48, 80])
+    pipe.process(sample["rgb"], sample["aux"], encoding, outputs={"labels"})
+    band = spy.seen[0, 0, :4]
+    assert pad.numel() > 0 and band.numel() > 0
+    expected = 0.0 if modality == "thermal" else (0 - 0.5) / 0.25  # standardised mean, or invalid depth 0
+    assert torch.allclose(pad, torch.full_like(pad, expected), atol=1e-6)
+    # the pipeline warps raw uint16 counts: its fill is rounded to a whole count (range ≈ 2000 counts)
+    assert torch.allclose(band, torch.full_like(band, expected), atol=0.005)
 
 
 def test_depth_reaches_the_network_as_the_pipeline_feeds_it():

@@ -476,7 +476,10 @@ class TrainTransform:
         raw, lo, hi = aux_to_raw(aux, sample["aux_encoding"], self.modality, self.norm) if aux is not None else \
             (None, 0.0, 1.0)
         if self.train:
-            rgb, raw, labels = self._geometric(rng, rgb, raw, labels, pad_value=lo)
+            # crop padding as the pipeline fills what the aux camera does not see (and letterbox bands):
+            # thermal with the value that standardises to 0, depth with 0 = invalid
+            fill = float(self.aux_mean.mean()) if self.modality == "thermal" else 0.0
+            rgb, raw, labels = self._geometric(rng, rgb, raw, labels, pad_value=lo + fill * (hi - lo))
             rgb = self._photometric(rng, rgb)
         else:
             h, w = self.size
@@ -515,7 +518,7 @@ class TrainTransform:
             rgb = cv2.copyMakeBorder(rgb, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=(0, 0, 0))
             labels = cv2.copyMakeBorder(labels, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=self.ignore_index)
             if aux is not None:
-                aux = np.pad(aux, ((0, ph), (0, pw), (0, 0)), constant_values=pad_value)  # 0 once scaled
+                aux = np.pad(aux, ((0, ph), (0, pw), (0, 0)), constant_values=pad_value)
         y0 = int(rng.integers(0, rgb.shape[0] - h + 1))
         x0 = int(rng.integers(0, rgb.shape[1] - w + 1))
         rgb, labels = rgb[y0:y0 + h, x0:x0 + w], labels[y0:y0 + h, x0:x0 + w]
