@@ -34,7 +34,9 @@ def argmax_softmax(logits, labels, confidence):  # pragma: no cover - compiled
     """K×N float32 logits → labels[N] (arg-max, ties to the lowest id) and confidence[N] (max softmax).
 
     Either output may be an empty array, and is then not computed (labels-only skips every exp).
-    Confidence = 1 / Σ_k exp(l_k − max_k l), so it is exact for any logit magnitude (no overflow).
+    Confidence = 1 / Σ_k exp(l_k − max_k l), exact for any logit magnitude (no overflow), in one pass over
+    the K planes with the running max (the "online softmax"): when a class takes the lead, the sum so far
+    is rescaled by exp(old max − new max), so each logit costs one exp of a value ≤ 0 and the first none.
     NaN logits (a broken network) are ignored; a pixel whose logits are all NaN gets label 0, confidence 0.
     """
     k_classes, n = logits.shape
@@ -52,32 +54,39 @@ def argmax_softmax(logits, labels, confidence):  # pragma: no cover - compiled
         for p in range(m):
             best[p] = row[p]
             arg[p] = 0
-            total[p] = 0.0
+            total[p] = one  # exp(l_0 − l_0); an all-NaN start is rescaled to ≈ 0 by the first valid leader
         for k in range(1, k_classes):
             row = logits[k, start:start + m]
             kk = np.int32(k)
+            if not want_conf:
+                for p in range(m):
+                    # strictly greater: ties keep the lower id; a NaN never wins, and a NaN best so far loses
+                    wins = row[p] > best[p] or (best[p] != best[p] and row[p] == row[p])
+                    best[p] = row[p] if wins else best[p]
+                    arg[p] = kk if wins else arg[p]
+                continue
             for p in range(m):
-                # strictly greater: ties keep the lower id; a NaN never wins, and a NaN best so far loses
-                wins = row[p] > best[p] or (best[p] != best[p] and row[p] == row[p])
-                best[p] = row[p] if wins else best[p]
+                x = row[p]
+                b = best[p]
+                wins = x > b or (b != b and x == x)  # as above
+                d = b - x if wins else x - b  # ≤ 0; NaN when either is NaN, clamped below to a ≈ 0 weight
+                d = d if d > _EXP_MIN else _EXP_MIN
+                nn = np.int32(d * _LOG2E - np.float32(0.5))  # round(d·log2 e): d ≤ 0, truncation
+                nf = np.float32(nn)
+                r = d - nf * _LN2_HI - nf * _LN2_LO
+                bits[p] = (nn + np.int32(127)) << np.int32(23)
+                r2 = r * r  # Estrin's scheme: a shorter dependency chain than Horner's, same polynomial
+                poly = (one + r) + r2 * ((np.float32(1 / 2) + r * np.float32(1 / 6)) + r2 * (
+                    (np.float32(1 / 24) + r * np.float32(1 / 120)) + r2 * np.float32(1 / 720)))
+                e = poly * two_n[p]
+                t = total[p]
+                total[p] = t * e + one if wins else t + e  # a new leader: the old sum in its units, plus itself
+                best[p] = x if wins else b
                 arg[p] = kk if wins else arg[p]
         if want_conf:
-            for k in range(k_classes):
-                row = logits[k, start:start + m]
-                for p in range(m):
-                    x = row[p] - best[p]
-                    x = x if x > _EXP_MIN else _EXP_MIN
-                    nn = np.int32(x * _LOG2E - np.float32(0.5))  # round(x·log2 e): x ≤ 0, truncation
-                    nf = np.float32(nn)
-                    r = x - nf * _LN2_HI - nf * _LN2_LO
-                    bits[p] = (nn + np.int32(127)) << np.int32(23)
-                    r2 = r * r  # Estrin's scheme: a shorter dependency chain than Horner's, same polynomial
-                    poly = (one + r) + r2 * ((np.float32(1 / 2) + r * np.float32(1 / 6)) + r2 * (
-                        (np.float32(1 / 24) + r * np.float32(1 / 120)) + r2 * np.float32(1 / 720)))
-                    total[p] += poly * two_n[p]
             out = confidence[start:start + m]
             for p in range(m):
-                c = one / total[p]  # total ≥ 1: the arg-max term is exp(0)
+                c = one / total[p]  # total ≥ 1: the leader's own term is exp(0)
                 c = c if c < one else one
                 out[p] = c if best[p] == best[p] else np.float32(0.0)  # all-NaN pixel: no confidence
         if want_labels:
