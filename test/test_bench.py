@@ -54,3 +54,19 @@ def test_pipeline_overhead_benchmark_measures_each_output_set(tmp_path):
     for _, cpu_med, cpu_p95, wall_med, wall_p95 in rows:
         assert 0 < float(cpu_med) <= float(cpu_p95) and 0 < float(wall_med) <= float(wall_p95)
     assert "n=3" in out.stdout and "maps built: 1" in out.stdout
+
+
+@pytest.mark.slow
+def test_kernel_ab_compares_a_kernel_with_its_git_version():
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: the A/B loads the base version from git")
+    script = root / "benchmarks" / "kernel_ab.py"
+    out = subprocess.run([sys.executable, str(script), "--base", "HEAD", "--blocks", "3", "--block", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ratio = re.search(r"working tree / base per block: median ([\d.]+)", out.stdout)
+    assert ratio and 0 < float(ratio.group(1)), out.stdout
+    bad = subprocess.run([sys.executable, str(script), "--base", "no-such-revision"], capture_output=True, text=True,
+                         timeout=600)
+    assert bad.returncode != 0 and "--base no-such-revision" in bad.stderr and "Traceback" not in bad.stderr
