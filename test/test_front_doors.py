@@ -69,7 +69,10 @@ def test_train_refuses_bad_values_and_an_existing_model_before_training(tmp_path
                            ({"train__save_dtype": "fp16"}, "'train.save_dtype': 'fp16' is not float32"),
                            # found only when the trainer builds the network: the run folder was made already
                            ({"network__name": "freqfusoin"}, "config key 'network': unknown network 'freqfusoin'"),
-                           ({"network__variant": "resnet19"}, "has no variant 'resnet19'")):
+                           ({"network__variant": "resnet19"}, "has no variant 'resnet19'"),
+                           # which of the two datasets: the message named neither
+                           ({"data__val": {"type": "synthetic", "length": 0}},
+                            "config key 'data.val': synthetic dataset: length must be a whole number ≥ 1, got 0")):
         bad = _write_config(tmp_path / "bad.yaml", tmp_path, **over)
         _one_line_error(capsys, cli(["train", str(bad)]), expected)
     binary = tmp_path / "checkpoint.pt"

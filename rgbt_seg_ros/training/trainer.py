@@ -239,6 +239,14 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _dataset_from(data_cfg: dict, key: str):
+    """``data.<key>`` built; its errors say which of the config's datasets they are about."""
+    try:
+        return build_dataset(data_cfg[key])
+    except RgbtSegError as exc:
+        raise RgbtSegError(f"config key 'data.{key}': {exc}") from None
+
+
 # ------------------------------------------------------------------------------------------------- trainer
 
 class Trainer:
@@ -286,7 +294,7 @@ class Trainer:
 
     def _build_data(self) -> None:
         d = self.cfg["data"]
-        self.train_set = build_dataset(d["train"])
+        self.train_set = _dataset_from(d, "train")
         if self.train_set.modality != self.cfg["modality"]:
             raise RgbtSegError(f"config key 'modality' is {self.cfg['modality']!r} but data.train is "
                                f"{self.train_set.modality!r} data")
@@ -294,7 +302,7 @@ class Trainer:
         self.train_set.transform = self.train_tf
         self.val_set = None
         if d["val"]:
-            self.val_set = build_dataset(d["val"])
+            self.val_set = _dataset_from(d, "val")
             self.val_set.transform = self._transform(False)
         self.class_set = self.train_set.class_set
         self.num_classes = self.class_set.num_classes
