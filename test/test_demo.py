@@ -146,7 +146,24 @@ def test_demo_bad_arguments_are_one_line(tmp_path, capsys):
     assert f"--out {a_file}: {a_file} is a file, not a folder" in capsys.readouterr().err
     assert cli(["demo", "--out", str(tmp_path / "d"), "--frames", "0", "--no-progress"]) == 2
     assert "--frames: must be ≥ 1, got 0" in capsys.readouterr().err
+    assert cli(["demo", "--out", str(tmp_path / "d"), "--seed", "-1", "--no-progress"]) == 2  # was numpy's traceback
+    err = capsys.readouterr().err
+    assert "--seed: must be ≥ 0, got -1" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_demo_interrupted_while_rendering_leaves_no_folder(tmp_path, monkeypatch):
+    import rgbt_seg_ros.synthetic.demo_bag as demo_bag
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C during the render: the bag writer itself leaves nothing
+
+    monkeypatch.setattr(demo_bag, "write_demo_bag", interrupted)
+    assert cli(["demo", "--out", str(tmp_path / "new" / "demo"), "--frames", "1", "--no-progress"]) != 0
+    assert list(tmp_path.iterdir()) == []  # the two folders it made are gone (an empty --out was left before)
+    (tmp_path / "mine").mkdir()
+    assert cli(["demo", "--out", str(tmp_path / "mine"), "--frames", "1", "--no-progress"]) != 0
+    assert (tmp_path / "mine").is_dir()  # a folder that was there before stays
 
 
 @pytest.mark.parametrize("level", [0.0, 1.0])

@@ -91,6 +91,8 @@ def main(args: argparse.Namespace) -> int:
     out: Path = args.out
     if args.frames < 1:
         raise RgbtSegError(f"--frames: must be ≥ 1, got {args.frames}")
+    if args.seed < 0:
+        raise RgbtSegError(f"--seed: must be ≥ 0, got {args.seed}")  # numpy's generators take no negative seed
     check_output_folder(out)
     in_bag, out_bag = out / "demo_input", out / "demo_output"
     for p in (in_bag, out_bag):
@@ -126,11 +128,20 @@ def main(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first: what mkdir(parents=True) makes
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RgbtSegError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
-    demo = write_demo_bag(in_bag, spec, force=args.force, progress=progress if bar is not None else None)
+    try:
+        demo = write_demo_bag(in_bag, spec, force=args.force, progress=progress if bar is not None else None)
+    except BaseException:  # an error or Ctrl-C while rendering: the bag writer left nothing, nor do we
+        for folder in made:  # deepest first; only folders this run made, and only while empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     if bar is not None:
         bar.close()
     config = demo.pipeline_config()
