@@ -495,7 +495,8 @@ def test_output_topics_already_in_the_input_and_topic_roles(tmp_path, small_mode
              "--rgb-info-topic and --aux-info-topic: both are /rgb/camera_info"),
             (["--namespace", "bad ns"], "--namespace 'bad ns': not a ROS 2 namespace"),
             (["--namespace", "/1st"], "--namespace '/1st': not a ROS 2 namespace"),
-            (["--queue-size", "1"], "--queue-size: must be ≥ 2, got 1")):  # a queue of one pairs nothing before the end
+            (["--queue-size", "1"], "--queue-size: must be ≥ 2, got 1"),  # a queue of one pairs nothing before the end
+            (["--slop", "nan"], "--slop: must be ≥ 0 seconds, got nan")):  # was named "parameter slop"
         rc = cli(["replay", str(bag), "--out", str(tmp_path / "x"), "--model", str(small_model),
                   "--no-progress", *flags])
         assert rc == 2 and expected in capsys.readouterr().err, flags

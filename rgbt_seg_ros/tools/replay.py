@@ -330,7 +330,7 @@ def settings_from_args(args: argparse.Namespace) -> ReplaySettings:
     aux_topic = args.depth_topic or args.thermal_topic or f"/{modality}/image"
     if args.rgb_only and (args.thermal_topic or args.depth_topic):
         raise RgbtSegError("--rgb-only: cannot be combined with --thermal-topic / --depth-topic")
-    if args.slop < 0:
+    if not args.slop >= 0:  # NaN too
         raise RgbtSegError(f"--slop: must be ≥ 0 seconds, got {args.slop}")
     if args.queue_size < 2:
         raise RgbtSegError(f"--queue-size: must be ≥ 2, got {args.queue_size} (a pair is decided once a later "
