@@ -180,6 +180,28 @@ def expand_labels(small, rows, cols, lut, rgb, alpha, labels, colour, overlay): 
             _blend(col_row, rgb[y].reshape(w * 3), alpha, overlay[y].reshape(w * 3))
 
 
+@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
+def project_radtan(X, Y, Z, coeffs, fx, fy, cx, cy, u, v):  # pragma: no cover - compiled
+    """Camera-frame points (Z > 0) → pixel (u, v) through OpenCV's radial-tangential lens model, one pass.
+
+    ``coeffs``: k1 k2 p1 p2 k3 k4 k5 k6 (float64; plumb_bob leaves k4..k6 at 0). Points float32 or float64;
+    arithmetic and ``u`` / ``v`` float64.
+    """
+    k1, k2, p1, p2, k3, k4, k5, k6 = (coeffs[0], coeffs[1], coeffs[2], coeffs[3], coeffs[4], coeffs[5], coeffs[6],
+                                      coeffs[7])
+    for i in range(X.size):
+        iz = 1.0 / np.float64(Z[i])
+        x = np.float64(X[i]) * iz
+        y = np.float64(Y[i]) * iz
+        r2 = x * x + y * y
+        radial = (1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1.0 + r2 * (k4 + r2 * (k5 + r2 * k6)))
+        xy2 = 2.0 * x * y
+        xd = x * radial + p1 * xy2 + p2 * (r2 + 2.0 * x * x)
+        yd = y * radial + p1 * (r2 + 2.0 * y * y) + p2 * xy2
+        u[i] = fx * xd + cx
+        v[i] = fy * yd + cy
+
+
 def compile_for(label_dtype) -> None:
     """Compile (or load from the disk cache) the kernels for the exact types the pipeline passes them, on
     tiny inputs, so that the pipeline pays for it when it is built and not on its first frame."""
@@ -188,6 +210,9 @@ def compile_for(label_dtype) -> None:
     hwc_to_chw(np.zeros((1, 1, 3), u8), np.ones(3, f32), np.zeros(3, f32), np.empty((3, 1, 1), f32))
     for aux_dtype in (u8, np.uint16, f32):  # mono8, mono16 and 32FC1 thermal, depth in metres
         scale_clip(np.zeros((1, 1), aux_dtype), 1.0, 0.0, 0.0, 1.0, np.empty((1, 1), f32))
+    for point_dtype in (f32, np.float64):  # depth frames' points; warp maps
+        p = np.ones(1, point_dtype)
+        project_radtan(p, p, p, np.zeros(8), 1.0, 1.0, 0.0, 0.0, np.empty(1), np.empty(1))
     index = np.zeros(1, np.int64)
     expand_labels(np.zeros((1, 1), label_dtype), index, index, np.zeros((256, 3), u8), np.zeros((1, 1, 3), u8),
                   0.5, np.empty((1, 1), label_dtype), np.empty((1, 1, 3), u8), np.empty((1, 1, 3), u8))
