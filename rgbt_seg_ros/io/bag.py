@@ -262,6 +262,25 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
+def folders_to_make(folder: Path) -> list[Path]:
+    """The levels of ``folder`` that do not exist yet, deepest first: what ``mkdir(parents=True)`` will make,
+    recorded before it runs so that a failure or an interrupt can take them away again."""
+    folder = Path(folder)
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_made_folders(made: list[Path]) -> None:
+    """Remove the folders of ``made`` (from ``folders_to_make``), deepest first, while they are empty: a level
+    not made yet (interrupted while making the ones above it) is skipped, one holding something stops it."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            break
+
+
 class BagWriter:
     """Atomic rosbag2 writer (mcap by default, or sqlite3).
 
@@ -281,7 +300,7 @@ class BagWriter:
         self._writer: Writer | None = None
         self._tmpdir: Path | None = None
         self._conns: dict[tuple[str, str], Connection] = {}
-        self._created: Path | None = None
+        self._made: list[Path] = []  # the output's parent folders this writer makes, removed on failure
         self.counts: dict[str, int] = {}
 
     def __enter__(self) -> "BagWriter":
@@ -290,8 +309,7 @@ class BagWriter:
                 raise RgbtSegError(f"output {self.path}: overlaps input {p}; choose another output path")
         check_output(self.path, self.force)
         parent = self.path.parent
-        missing = [p for p in (parent, *parent.parents) if not p.exists()]
-        self._created = missing[-1] if missing else None  # the top folder this writer creates, removed on failure
+        self._made = folders_to_make(parent)
         try:
             parent.mkdir(parents=True, exist_ok=True)
             self._make_tmpdir(parent)
@@ -394,18 +412,9 @@ class BagWriter:
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
-        if failed and self._created is not None:
-            # folders made for the output go too, if nothing else was put there meanwhile
-            for folder in (self.path.parent, *self.path.parent.parents):
-                try:
-                    folder.rmdir()
-                except FileNotFoundError:
-                    pass  # not made yet: interrupted while making the folders above it
-                except OSError:
-                    break
-                if folder == self._created:
-                    break
-            self._created = None
+        if failed:  # folders made for the output go too, if nothing else was put there meanwhile
+            remove_made_folders(self._made)
+        self._made = []
 
 
 def check_output(path: Path, force: bool) -> None:

@@ -81,6 +81,7 @@ def main(args: argparse.Namespace) -> int:
 
     from rgbt_seg_ros.errors import RgbtSegError
     from rgbt_seg_ros.inference import builtin_model_path, create_backend
+    from rgbt_seg_ros.io.bag import folders_to_make, remove_made_folders
     from rgbt_seg_ros.pipeline.config import PipelineConfig
     from rgbt_seg_ros.pipeline.pipeline import SegmentationPipeline
     from rgbt_seg_ros.synthetic.demo_bag import TOPICS, DemoBagSpec, write_demo_bag
@@ -128,19 +129,15 @@ def main(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
-    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first: what mkdir(parents=True) makes
+    made = folders_to_make(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RgbtSegError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
-    try:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RgbtSegError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
         demo = write_demo_bag(in_bag, spec, force=args.force, progress=progress if bar is not None else None)
-    except BaseException:  # an error or Ctrl-C while rendering: the bag writer left nothing, nor do we
-        for folder in made:  # deepest first; only folders this run made, and only while empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+    except BaseException:  # an error or Ctrl-C while making --out or rendering: the bag writer left nothing, nor do we
+        remove_made_folders(made)
         raise
     if bar is not None:
         bar.close()
