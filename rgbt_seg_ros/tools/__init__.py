@@ -13,16 +13,14 @@ BACKEND_HELP = ("inference backend: auto = onnxruntime for an .onnx file; for a 
                 "else torch")
 
 
-def _nearest_existing(path: Path) -> Path:
-    """``path`` or its closest ancestor that exists (the folder a new path would be made in)."""
-    return next(p for p in (path, *path.parents) if p.exists())
-
-
-def check_output_folder(out: Path, flag: str = "--out") -> None:
-    """``out`` must be a folder or become one: not a file, nor under one (checked before any work starts)."""
-    p = _nearest_existing(Path(out))
+def check_output_folder(out: Path, flag: str = "--out") -> Path:
+    """``out`` must be a folder or become one: not a file, nor under one (checked before any work starts).
+    Returns ``out`` or its closest existing ancestor: the folder it would be made in."""
+    out = Path(out)
+    p = next(level for level in (out, *out.parents) if level.exists())
     if not p.is_dir():
         raise RgbtSegError(f"{flag} {out}: {p} is a file, not a folder")
+    return p
 
 
 def check_output_file(out: Path, force: bool, flag: str = "--out", inputs: tuple[Path, ...] = ()) -> None:
@@ -36,7 +34,6 @@ def check_output_file(out: Path, force: bool, flag: str = "--out", inputs: tuple
         raise RgbtSegError(f"{flag} {out}: is a folder; give a file path")
     if out.exists() and not force:
         raise RgbtSegError(f"{flag} {out}: exists; pass --force to overwrite it")
-    check_output_folder(out.parent, flag)
-    p = _nearest_existing(out.parent)
+    p = check_output_folder(out.parent, flag)
     if not os.access(p, os.W_OK | os.X_OK):
         raise RgbtSegError(f"{flag} {out}: cannot write in {p} (permission denied or read-only)")
