@@ -296,11 +296,12 @@ def test_kernels_are_compiled_when_the_pipeline_is_built_not_on_the_first_frame(
         from rgbt_seg_ros.inference.artifact import ModelCard
         from rgbt_seg_ros.inference.torch_backend import TorchBackend
         from rgbt_seg_ros.pipeline import SegmentationPipeline, kernels
-        kinds = (kernels.argmax_softmax, kernels.hwc_to_chw, kernels.expand_labels, kernels.scale_clip)
-        for k in (2, 300):  # uint8 and uint16 labels
+        for k in (2, 300):  # uint8 labels and the unrolled arg-max, uint16 labels and the tiled one
             card = ModelCard(network="test_1x1", num_classes=k, class_names=[f"c{i}" for i in range(k)],
                              palette=[[i % 256, 0, 0] for i in range(k)], input_size=(48, 64))
             pipe = SegmentationPipeline(TorchBackend(WarmIsClassOne(k), card))
+            argmax = kernels.unrolled_argmax(k) if k <= kernels.UNROLL_CONFIDENCE else (kernels.argmax_softmax_tiled,)
+            kinds = (*argmax, kernels.hwc_to_chw, kernels.expand_labels, kernels.scale_clip)
             before = [len(kernel.signatures) for kernel in kinds]
             rgb = np.zeros((96, 128, 3), np.uint8)
             pipe.process(rgb, hot_square((96, 128), (10, 50, 10, 50)), "mono16")

@@ -176,6 +176,31 @@ def test_nan_logits_never_win_and_all_nan_pixels_have_no_confidence():
     assert conf[0, 2] == 0.0
 
 
+@pytest.mark.parametrize("k", [1, 2, 5, 9, 10])
+def test_unrolled_and_tiled_argmax_kernels_agree(k):
+    # the two implementations argmax_softmax chooses between by class count, on the same awkward logits
+    from rgbt_seg_ros.pipeline import kernels
+
+    logits = np.random.default_rng(k).normal(0, 5, (k, 3001)).astype(np.float32)
+    logits[:, :7] = np.nan  # all-NaN pixels
+    logits[::2, 7:20] = np.nan  # some NaN logits
+    logits[:, 20:30] = 1.0  # ties everywhere
+    logits[k - 1, 30:40] = np.inf
+    logits[0, 40:50] = -np.inf
+    logits[:, 50:60] *= 1e30  # gaps that no exp survives
+    labels_only, with_confidence = kernels.unrolled_argmax(k)
+    tiled = (np.empty(3001, np.uint8), np.empty(3001, np.float32))
+    kernels.argmax_softmax_tiled(logits, *tiled)
+    unrolled = (np.empty(3001, np.uint8), np.empty(3001, np.float32))
+    with_confidence(logits, *unrolled)
+    unrolled_labels = np.empty(3001, np.uint8)
+    labels_only(logits, unrolled_labels)
+    assert np.array_equal(unrolled[0], tiled[0]) and np.array_equal(unrolled_labels, tiled[0])
+    finite = np.isfinite(tiled[1])
+    assert finite.all() and np.allclose(unrolled[1], tiled[1], atol=1e-6, rtol=0)
+    assert (tiled[1][:7] == 0).all() and (tiled[0][:7] == 0).all()
+
+
 def test_preprocess_rgb_matches_the_formula_on_an_odd_size():
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)

@@ -75,7 +75,7 @@ class SegmentationPipeline:
         self.num_classes = int(card.num_classes)
         self.palette = palette_for(self.num_classes, getattr(card, "palette", None))
         self._lut = colour_lut(self.palette, self.num_classes)  # covers every id the arg-max can give
-        compile_for(label_dtype(self.num_classes))  # JIT now (or load the cache), not on the first frame
+        compile_for(label_dtype(self.num_classes), self.num_classes)  # JIT now (or load the cache), not on the first frame
         self.modality = getattr(card, "modality", "thermal")
         self.aux_channels = int(getattr(card, "aux_channels", 1))
         self._rgb_mean = np.asarray(card.rgb_mean, np.float32)
