@@ -193,6 +193,34 @@ def hwc_to_chw(image, scale, offset, out):  # pragma: no cover - compiled
         o2[i] = np.float32(src[3 * i + 2]) * s2 + b2
 
 
+@njit(nogil=True, cache=True, boundscheck=False)
+def two_order_statistics(image, step, rank_lo, rank_hi):  # pragma: no cover - compiled
+    """The ``rank_lo``-th and ``rank_hi``-th smallest (0-based) of ``image[::step, ::step]``, an 8/16-bit image,
+    read off a histogram over the sample's own [min, max]: two passes over the sample, no copy, no sort."""
+    h, w = image.shape
+    lo = image[0, 0]
+    hi = lo
+    for y in range(0, h, step):
+        for x in range(0, w, step):
+            v = image[y, x]
+            lo = min(lo, v)
+            hi = max(hi, v)
+    counts = np.zeros(np.int64(hi) - np.int64(lo) + 1, np.int64)
+    for y in range(0, h, step):
+        for x in range(0, w, step):
+            counts[np.int64(image[y, x]) - np.int64(lo)] += 1
+    found_lo = found_hi = np.int64(lo)
+    seen = np.int64(0)  # samples below the current value: the k-th smallest is the first value with seen + count > k
+    for i in range(counts.size):
+        if seen <= rank_lo < seen + counts[i]:
+            found_lo = np.int64(lo) + i
+        if seen <= rank_hi < seen + counts[i]:
+            found_hi = np.int64(lo) + i
+            break
+        seen += counts[i]
+    return found_lo, found_hi
+
+
 @njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
 def scale_clip(src, a, b, lo, hi, out):  # pragma: no cover - compiled
     """out = clip(src · a + b, lo, hi) as float32 over same-shaped C-contiguous arrays, in one pass.
@@ -294,6 +322,9 @@ def compile_for(label_dtype, num_classes: int) -> None:
     for confidence in (np.empty(1, f32), np.empty(0, f32)):  # with and without the confidence
         argmax_softmax(logits, np.empty(1, label_dtype), confidence)
     hwc_to_chw(np.zeros((1, 1, 3), u8), np.ones(3, f32), np.zeros(3, f32), np.empty((3, 1, 1), f32))
+    for aux_dtype in (u8, np.uint16):  # percentile AGC of mono16 thermal, contiguous or a view (row padding)
+        for image in (np.zeros((1, 1), aux_dtype), np.zeros((1, 2), aux_dtype)[:, ::2]):
+            two_order_statistics(image, 1, 0, 0)
     for aux_dtype in (u8, np.uint16, f32):  # mono8, mono16 and 32FC1 thermal, depth in metres
         scale_clip(np.zeros((1, 1), aux_dtype), 1.0, 0.0, 0.0, 1.0, np.empty((1, 1), f32))
     for point_dtype in (f32, np.float64):  # depth frames' points; warp maps

@@ -12,7 +12,7 @@ import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.pipeline.config import NormalizationConfig
-from rgbt_seg_ros.pipeline.kernels import scale_clip
+from rgbt_seg_ros.pipeline.kernels import scale_clip, two_order_statistics
 
 THERMAL_ENCODINGS = ("mono8", "8UC1", "mono16", "16UC1", "32FC1")
 DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
@@ -42,21 +42,22 @@ def percentile_range(image: np.ndarray, percentiles: tuple[float, float], subsam
     """Low/high percentiles of an image (every ``subsample``-th row/column), never an empty range.
 
     The percentiles are order statistics of the sample (``method="nearest"``): for 8- and 16-bit images they
-    are read off a histogram (one counting pass, whatever the values), otherwise selected by ``np.partition``.
+    are read off a histogram of the sample (``kernels.two_order_statistics``), otherwise selected by
+    ``np.partition``.
     """
     sample = image[::subsample, ::subsample]
     if valid is not None:
         sample = sample[valid[::subsample, ::subsample]]
-    sample = sample.reshape(-1)
     if sample.size == 0:
         return 0.0, 1.0
     n = sample.size - 1
     ia, ib = int(round(percentiles[0] / 100 * n)), int(round(percentiles[1] / 100 * n))
     if sample.dtype in (np.uint8, np.uint16):
-        # the k-th smallest value (0-based) is the first whose cumulative count exceeds k
-        cumulative = np.cumsum(np.bincount(sample))
-        lo, hi = (float(np.searchsorted(cumulative, i, side="right")) for i in (ia, ib))
+        # the masked sample is taken and flat already; else the kernel walks the strided sample in place
+        src, step = (sample.reshape(1, -1), 1) if valid is not None else (image, int(subsample))
+        lo, hi = (float(v) for v in two_order_statistics(src, step, ia, ib))
     else:
+        sample = sample.reshape(-1)
         part = np.partition(sample, (ia, ib))  # O(n): two order statistics, no full sort
         lo, hi = float(part[ia]), float(part[ib])
     if hi <= lo:  # a flat image: keep its level, avoid a zero division
