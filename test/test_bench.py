@@ -62,11 +62,13 @@ def test_kernel_ab_compares_a_kernel_with_its_git_version():
     if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
         pytest.skip("not a git checkout: the A/B loads the base version from git")
     script = root / "benchmarks" / "kernel_ab.py"
-    out = subprocess.run([sys.executable, str(script), "--base", "HEAD", "--blocks", "3", "--block", "1"],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    ratio = re.search(r"working tree / base per block: median ([\d.]+)", out.stdout)
-    assert ratio and 0 < float(ratio.group(1)), out.stdout
+    for extra in ([], ["--cold", "--labels-only"]):
+        out = subprocess.run([sys.executable, str(script), "--base", "HEAD", "--blocks", "3", "--block", "1", *extra],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        ratio = re.search(r"working tree / base per block: median ([\d.]+)", out.stdout)
+        assert ratio and 0 < float(ratio.group(1)), out.stdout
+        assert ("labels only), cold:" in out.stdout) == bool(extra), out.stdout
     bad = subprocess.run([sys.executable, str(script), "--base", "no-such-revision"], capture_output=True, text=True,
                          timeout=600)
     assert bad.returncode != 0 and "--base no-such-revision" in bad.stderr and "Traceback" not in bad.stderr
