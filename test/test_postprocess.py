@@ -215,6 +215,31 @@ def test_preprocess_rgb_matches_the_formula_on_an_odd_size():
                        ((view / 255.0 - mean) / std).transpose(2, 0, 1), atol=1e-5)
 
 
+@pytest.mark.parametrize("src_hw,dst_hw,mode,factor", [((720, 1280), (480, 640), "stretch", 2),
+                                                        ((720, 1280), (480, 640), "letterbox", 2),
+                                                        ((1080, 1920), (480, 640), "stretch", 3),
+                                                        ((512, 640), (480, 640), "stretch", 1),
+                                                        ((1440, 2560), (360, 640), "stretch", 4),
+                                                        ((720, 1300), (480, 640), "stretch", 0)])
+def test_preprocess_rgb_one_pass_agrees_with_cv2_resize(src_hw, dst_hw, mode, factor):
+    # widths divided by 1-4 take the fused float kernel; it must sample where cv2.resize(INTER_LINEAR) does
+    rng = np.random.default_rng(factor)
+    rgb = rng.integers(0, 256, src_hw + (3,), dtype=np.uint8)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    tf = ResizeTransform(src_hw, dst_hw, mode)
+    assert tf.column_factor == factor
+    x = preprocess_rgb(rgb, tf, mean, std)
+    small = tf.forward(rgb, "linear").astype(np.float64)  # cv2.resize, rounded to uint8, letterbox padded with 0
+    expect = ((small / 255.0 - mean) / std).transpose(2, 0, 1)[None]
+    grey_levels = np.abs(x - expect) * 255.0 * std[None, :, None, None]
+    assert x.shape == (1, 3) + dst_hw and x.dtype == np.float32 and x.flags.c_contiguous
+    assert grey_levels.max() <= (0.0 if factor == 0 else 1.0) + 1e-3
+    if factor:  # unrounded: on average closer to the true bilinear value than cv2's uint8 result is to it
+        assert 0.1 < grey_levels.mean() < 0.4
+    if mode == "letterbox":
+        assert np.allclose(x[0, :, :tf.top], expect[0, :, :tf.top]) and tf.top > 0
+
+
 @pytest.mark.parametrize("src_hw,dst_hw,mode", [((720, 1280), (480, 640), "stretch"), ((720, 1280), (480, 640), "letterbox"),
                                                  ((512, 640), (480, 640), "stretch"), ((333, 999), (100, 37), "letterbox"),
                                                  ((64, 48), (64, 48), "stretch")])

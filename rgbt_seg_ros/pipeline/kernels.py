@@ -193,6 +193,55 @@ def hwc_to_chw(image, scale, offset, out):  # pragma: no cover - compiled
         o2[i] = np.float32(src[3 * i + 2]) * s2 + b2
 
 
+# Horizontal factors ``resize_to_chw`` handles: 1280 → 640, 1920 → 640, 2560 → 640 and the same width
+RESIZE_COLUMN_FACTORS = (1, 2, 3, 4)
+
+
+@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
+def resize_to_chw(image, rows0, rows1, row_weights, factor, scale, offset, out, top):  # pragma: no cover - compiled
+    """h×w×3 uint8 → rows ``top``.. of a 3×H×W float32 array: bilinear resize, then x · scale[c] + offset[c].
+
+    cv2.resize's INTER_LINEAR pixel centres, done in float: output row i blends source rows ``rows0[i]`` and
+    ``rows1[i]`` with weight ``row_weights[i]`` on the second; output column x samples source x' = factor·x +
+    (factor − 1)/2, a pixel centre for odd factors and the midpoint of two for even ones. Each factor has its own
+    loop with constant strides, which LLVM vectorises; a per-column tap table would need a gather per sample.
+    """
+    src_w = image.shape[1]
+    width = out.shape[2]
+    blended = np.empty(src_w * 3, np.float32)
+    half = np.float32(0.5)
+    s0, s1, s2 = scale[0], scale[1], scale[2]
+    b0, b1, b2 = offset[0], offset[1], offset[2]
+    for i in range(rows0.size):
+        r0 = image[rows0[i]].reshape(src_w * 3)
+        r1 = image[rows1[i]].reshape(src_w * 3)
+        b = row_weights[i]
+        a = np.float32(1.0) - b
+        for j in range(src_w * 3):
+            blended[j] = np.float32(r0[j]) * a + np.float32(r1[j]) * b
+        o0, o1, o2 = out[0, top + i], out[1, top + i], out[2, top + i]
+        if factor == 1:
+            for x in range(width):
+                o0[x] = blended[3 * x] * s0 + b0
+                o1[x] = blended[3 * x + 1] * s1 + b1
+                o2[x] = blended[3 * x + 2] * s2 + b2
+        elif factor == 2:
+            for x in range(width):
+                o0[x] = (blended[6 * x] + blended[6 * x + 3]) * half * s0 + b0
+                o1[x] = (blended[6 * x + 1] + blended[6 * x + 4]) * half * s1 + b1
+                o2[x] = (blended[6 * x + 2] + blended[6 * x + 5]) * half * s2 + b2
+        elif factor == 3:
+            for x in range(width):
+                o0[x] = blended[9 * x + 3] * s0 + b0
+                o1[x] = blended[9 * x + 4] * s1 + b1
+                o2[x] = blended[9 * x + 5] * s2 + b2
+        else:
+            for x in range(width):
+                o0[x] = (blended[12 * x + 3] + blended[12 * x + 6]) * half * s0 + b0
+                o1[x] = (blended[12 * x + 4] + blended[12 * x + 7]) * half * s1 + b1
+                o2[x] = (blended[12 * x + 5] + blended[12 * x + 8]) * half * s2 + b2
+
+
 @njit(nogil=True, cache=True, boundscheck=False)
 def two_order_statistics(image, step, rank_lo, rank_hi):  # pragma: no cover - compiled
     """The ``rank_lo``-th and ``rank_hi``-th smallest (0-based) of ``image[::step, ::step]``, an 8/16-bit image,
@@ -322,6 +371,9 @@ def compile_for(label_dtype, num_classes: int) -> None:
     for confidence in (np.empty(1, f32), np.empty(0, f32)):  # with and without the confidence
         argmax_softmax(logits, np.empty(1, label_dtype), confidence)
     hwc_to_chw(np.zeros((1, 1, 3), u8), np.ones(3, f32), np.zeros(3, f32), np.empty((3, 1, 1), f32))
+    rows = np.zeros(1, np.int64)
+    resize_to_chw(np.zeros((1, 4, 3), u8), rows, rows, np.zeros(1, f32), 4, np.ones(3, f32), np.zeros(3, f32),
+                  np.empty((3, 1, 1), f32), 0)
     for aux_dtype in (u8, np.uint16):  # percentile AGC of mono16 thermal, contiguous or a view (row padding)
         for image in (np.zeros((1, 1), aux_dtype), np.zeros((1, 2), aux_dtype)[:, ::2]):
             two_order_statistics(image, 1, 0, 0)

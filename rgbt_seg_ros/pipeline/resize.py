@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
-from rgbt_seg_ros.pipeline.kernels import hwc_to_chw
+from rgbt_seg_ros.pipeline.kernels import RESIZE_COLUMN_FACTORS, hwc_to_chw, resize_to_chw
 
 # INTER_NEAREST_EXACT: nearest neighbour with the same pixel-centre convention as the linear modes
 # (plain INTER_NEAREST is shifted by up to half a pixel), so labels line up with the confidence map
@@ -45,6 +45,11 @@ class ResizeTransform:
         self.is_identity = (sh, sw) == (dh, dw)
         self._src_maps: tuple[np.ndarray, np.ndarray] | None = None
         self._nearest: tuple[np.ndarray, np.ndarray] | None = None
+        self._row_taps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # content columns that take every factor-th source column (``kernels.resize_to_chw``), else 0
+        factor = sw // self.content_hw[1]
+        self.column_factor = factor if (factor in RESIZE_COLUMN_FACTORS and factor * self.content_hw[1] == sw
+                                        and self.left == 0) else 0
 
     def forward(self, img: np.ndarray, interpolation: str = "linear") -> np.ndarray:
         if img.shape[:2] != self.src_hw:
@@ -90,6 +95,16 @@ class ResizeTransform:
             self._nearest = (along(ch, sh, self.top), along(cw, sw, self.left))
         return self._nearest
 
+    def row_taps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows0, rows1, weights): the two source rows each content row of ``forward(img, "linear")`` blends and
+        the weight of the second, cv2.resize's pixel centres clamped at the edges."""
+        if self._row_taps is None:
+            sh, ch = self.src_hw[0], self.content_hw[0]
+            y = np.clip((np.arange(ch, dtype=np.float64) + 0.5) / self.scale_y - 0.5, 0.0, sh - 1.0)
+            rows0 = np.floor(y).astype(np.int64)
+            self._row_taps = (rows0, np.minimum(rows0 + 1, sh - 1), (y - rows0).astype(np.float32))
+        return self._row_taps
+
     def src_coords(self) -> tuple[np.ndarray, np.ndarray]:
         """float32 maps (dst_h×dst_w) of the source pixel each network pixel samples; padding far outside."""
         if self._src_maps is None:
@@ -104,12 +119,23 @@ class ResizeTransform:
 
 
 def preprocess_rgb(rgb: np.ndarray, tf: ResizeTransform, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """H×W×3 uint8 RGB → 1×3×h×w float32, ((x / 255) − mean) / std per channel, at the network size."""
-    small = np.ascontiguousarray(tf.forward(rgb, "linear"))
-    out = np.empty((1, 3) + small.shape[:2], np.float32)
+    """H×W×3 uint8 RGB → 1×3×h×w float32, ((x / 255) − mean) / std per channel, at the network size.
+
+    When the network width is the RGB width divided by 1–4 (``tf.column_factor``), resize and normalisation are
+    one pass (``kernels.resize_to_chw``, in float: within half a grey level of cv2.resize, which rounds to uint8);
+    otherwise cv2.resize, then the uint8 HWC → float CHW conversion in one pass.
+    """
     std = np.asarray(std, np.float32).reshape(3)
     scale = (1.0 / (255.0 * std)).astype(np.float32)
     offset = (-np.asarray(mean, np.float32).reshape(3) / std).astype(np.float32)
-    # uint8 HWC → normalised float CHW in one pass, written straight into the NCHW tensor
-    hwc_to_chw(small, scale, offset, out[0])
+    if rgb.shape[:2] != tf.src_hw:
+        tf.forward(rgb)  # raises the error that names both sizes
+    out = np.empty((1, 3) + tf.dst_hw, np.float32)
+    if tf.column_factor and not tf.is_identity:
+        content_h = tf.content_hw[0]
+        out[0, :, :tf.top] = offset[:, None, None]  # letterbox padding: the value of a 0 pixel
+        out[0, :, tf.top + content_h:] = offset[:, None, None]
+        resize_to_chw(np.ascontiguousarray(rgb), *tf.row_taps(), tf.column_factor, scale, offset, out[0], tf.top)
+        return out
+    hwc_to_chw(np.ascontiguousarray(tf.forward(rgb, "linear")), scale, offset, out[0])
     return out
