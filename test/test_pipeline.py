@@ -301,8 +301,8 @@ def test_kernels_are_compiled_when_the_pipeline_is_built_not_on_the_first_frame(
                              palette=[[i % 256, 0, 0] for i in range(k)], input_size=(48, 64))
             pipe = SegmentationPipeline(TorchBackend(WarmIsClassOne(k), card))
             argmax = kernels.unrolled_argmax(k) if k <= kernels.UNROLL_CONFIDENCE else (kernels.argmax_softmax_tiled,)
-            kinds = (*argmax, kernels.hwc_to_chw, kernels.resize_to_chw, kernels.expand_labels, kernels.scale_clip,
-                     kernels.two_order_statistics)
+            kinds = (*argmax, kernels.hwc_to_chw, kernels.resize_to_chw, kernels.upsample_clipped, kernels.expand_labels,
+                     kernels.scale_clip, kernels.two_order_statistics)
             before = [len(kernel.signatures) for kernel in kinds]
             rgb = np.zeros((96, 128, 3), np.uint8)
             pipe.process(rgb, hot_square((96, 128), (10, 50, 10, 50)), "mono16")

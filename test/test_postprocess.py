@@ -241,6 +241,23 @@ def test_preprocess_rgb_one_pass_agrees_with_cv2_resize(src_hw, dst_hw, mode, fa
 
 
 @pytest.mark.parametrize("src_hw,dst_hw,mode", [((720, 1280), (480, 640), "stretch"), ((720, 1280), (480, 640), "letterbox"),
+                                                 ((1080, 1920), (480, 640), "stretch"), ((512, 640), (480, 640), "stretch"),
+                                                 ((1440, 2560), (360, 640), "stretch"), ((333, 999), (100, 37), "letterbox")])
+def test_confidence_upsampling_equals_cv2_resize_clipped(src_hw, dst_hw, mode):
+    # the one-pass kernel (source width = content width × 1-4) and the cv2 fallback give cv2.resize's bilinear, ≤ 1
+    tf = ResizeTransform(src_hw, dst_hw, mode)
+    conf = np.random.default_rng(7).random(dst_hw).astype(np.float32)
+    conf[: dst_hw[0] // 3] = 1.0  # saturated rows, where rounding could lift a blend above 1
+    conf[:, -3:] = 0.0  # and a hard edge at the right border
+    out = tf.inverse_clipped(conf)
+    expect = np.minimum(tf.inverse(conf, "linear"), 1.0)
+    assert out.shape == src_hw and out.dtype == np.float32 and out.max() <= 1.0
+    assert np.abs(out - expect).max() < 1e-6
+    with pytest.raises(RgbtSegError, match="resize"):
+        tf.inverse_clipped(conf[:-1])
+
+
+@pytest.mark.parametrize("src_hw,dst_hw,mode", [((720, 1280), (480, 640), "stretch"), ((720, 1280), (480, 640), "letterbox"),
                                                  ((512, 640), (480, 640), "stretch"), ((333, 999), (100, 37), "letterbox"),
                                                  ((64, 48), (64, 48), "stretch")])
 def test_nearest_index_is_exactly_inverse_nearest(src_hw, dst_hw, mode):

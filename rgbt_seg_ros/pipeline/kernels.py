@@ -242,6 +242,47 @@ def resize_to_chw(image, rows0, rows1, row_weights, factor, scale, offset, out, 
                 o2[x] = (blended[12 * x + 5] + blended[12 * x + 8]) * half * s2 + b2
 
 
+@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
+def upsample_clipped(small, rows0, rows1, row_weights, factor, top, out):  # pragma: no cover - compiled
+    """Rows ``top``.. of an h×w float32 image → H×(factor·w) float32, bilinear at cv2.resize's pixel centres
+    (clamped at the edges), each value clipped to ≤ 1 (bilinear weights may round a hair above it).
+
+    Output row i blends rows ``top + rows0[i]`` and ``top + rows1[i]``; output column factor·m + r samples
+    m + (r + 0.5)/factor − 0.5, i.e. fixed weights per phase r, each phase a loop with constant strides.
+    """
+    w = out.shape[1] // factor
+    padded = np.empty(w + 2, np.float32)  # the blended row with its edge pixels repeated: cv2's clamping
+    one = np.float32(1.0)
+    for i in range(rows0.size):
+        r0 = small[top + rows0[i]]
+        r1 = small[top + rows1[i]]
+        b = row_weights[i]
+        a = one - b
+        for j in range(w):
+            padded[j + 1] = r0[j] * a + r1[j] * b
+        padded[0] = padded[1]
+        padded[w + 1] = padded[w]
+        o = out[i]
+        if factor == 1:
+            for m in range(w):
+                o[m] = min(padded[m + 1], one)
+        elif factor == 2:
+            for m in range(w):
+                o[2 * m] = min(np.float32(0.25) * padded[m] + np.float32(0.75) * padded[m + 1], one)
+                o[2 * m + 1] = min(np.float32(0.75) * padded[m + 1] + np.float32(0.25) * padded[m + 2], one)
+        elif factor == 3:
+            for m in range(w):
+                o[3 * m] = min(np.float32(1 / 3) * padded[m] + np.float32(2 / 3) * padded[m + 1], one)
+                o[3 * m + 1] = min(padded[m + 1], one)
+                o[3 * m + 2] = min(np.float32(2 / 3) * padded[m + 1] + np.float32(1 / 3) * padded[m + 2], one)
+        else:
+            for m in range(w):
+                o[4 * m] = min(np.float32(0.375) * padded[m] + np.float32(0.625) * padded[m + 1], one)
+                o[4 * m + 1] = min(np.float32(0.125) * padded[m] + np.float32(0.875) * padded[m + 1], one)
+                o[4 * m + 2] = min(np.float32(0.875) * padded[m + 1] + np.float32(0.125) * padded[m + 2], one)
+                o[4 * m + 3] = min(np.float32(0.625) * padded[m + 1] + np.float32(0.375) * padded[m + 2], one)
+
+
 @njit(nogil=True, cache=True, boundscheck=False)
 def two_order_statistics(image, step, rank_lo, rank_hi):  # pragma: no cover - compiled
     """The ``rank_lo``-th and ``rank_hi``-th smallest (0-based) of ``image[::step, ::step]``, an 8/16-bit image,
@@ -372,6 +413,7 @@ def compile_for(label_dtype, num_classes: int) -> None:
         argmax_softmax(logits, np.empty(1, label_dtype), confidence)
     hwc_to_chw(np.zeros((1, 1, 3), u8), np.ones(3, f32), np.zeros(3, f32), np.empty((3, 1, 1), f32))
     rows = np.zeros(1, np.int64)
+    upsample_clipped(np.zeros((1, 1), f32), rows, rows, np.zeros(1, f32), 4, 0, np.empty((1, 4), f32))
     resize_to_chw(np.zeros((1, 4, 3), u8), rows, rows, np.zeros(1, f32), 4, np.ones(3, f32), np.zeros(3, f32),
                   np.empty((3, 1, 1), f32), 0)
     for aux_dtype in (u8, np.uint16):  # percentile AGC of mono16 thermal, contiguous or a view (row padding)

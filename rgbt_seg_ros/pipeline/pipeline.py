@@ -318,7 +318,6 @@ class SegmentationPipeline:
             labels_s, conf_s = logits_to_labels(logits[0], need_labels=need_labels,
                                                 need_confidence="confidence" in outputs)
             if conf_s is not None:
-                confidence = tf.inverse(conf_s, interpolation="linear")
-                cv2.min(confidence, 1.0, dst=confidence)  # bilinear weights may round a hair above 1
+                confidence = tf.inverse_clipped(conf_s)  # bilinear weights may round a hair above 1
         return self._finish(rgb, labels_s, tf.nearest_index(), confidence, registered_full, outputs, timer,
                             aux_in is not None)

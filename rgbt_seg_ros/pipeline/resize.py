@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from rgbt_seg_ros.errors import RgbtSegError
-from rgbt_seg_ros.pipeline.kernels import RESIZE_COLUMN_FACTORS, hwc_to_chw, resize_to_chw
+from rgbt_seg_ros.pipeline.kernels import RESIZE_COLUMN_FACTORS, hwc_to_chw, resize_to_chw, upsample_clipped
 
 # INTER_NEAREST_EXACT: nearest neighbour with the same pixel-centre convention as the linear modes
 # (plain INTER_NEAREST is shifted by up to half a pixel), so labels line up with the confidence map
@@ -46,6 +46,7 @@ class ResizeTransform:
         self._src_maps: tuple[np.ndarray, np.ndarray] | None = None
         self._nearest: tuple[np.ndarray, np.ndarray] | None = None
         self._row_taps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._inverse_row_taps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         # content columns that take every factor-th source column (``kernels.resize_to_chw``), else 0
         factor = sw // self.content_hw[1]
         self.column_factor = factor if (factor in RESIZE_COLUMN_FACTORS and factor * self.content_hw[1] == sw
@@ -99,11 +100,27 @@ class ResizeTransform:
         """(rows0, rows1, weights): the two source rows each content row of ``forward(img, "linear")`` blends and
         the weight of the second, cv2.resize's pixel centres clamped at the edges."""
         if self._row_taps is None:
-            sh, ch = self.src_hw[0], self.content_hw[0]
-            y = np.clip((np.arange(ch, dtype=np.float64) + 0.5) / self.scale_y - 0.5, 0.0, sh - 1.0)
-            rows0 = np.floor(y).astype(np.int64)
-            self._row_taps = (rows0, np.minimum(rows0 + 1, sh - 1), (y - rows0).astype(np.float32))
+            self._row_taps = _linear_taps(self.src_hw[0], self.content_hw[0])
         return self._row_taps
+
+    def inverse_row_taps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The same for ``inverse(img, "linear")``: the content rows (from ``top``) each source row blends."""
+        if self._inverse_row_taps is None:
+            self._inverse_row_taps = _linear_taps(self.content_hw[0], self.src_hw[0])
+        return self._inverse_row_taps
+
+    def inverse_clipped(self, img: np.ndarray) -> np.ndarray:
+        """``inverse(img, "linear")`` of a float32 image, clipped to ≤ 1: in one pass (``kernels.upsample_clipped``)
+        when the source width is the content width times 1–4, else cv2.resize and a clipping pass."""
+        if img.shape[:2] != self.dst_hw or img.ndim != 2:
+            raise RgbtSegError(f"resize: result is {img.shape}, expected {self.dst_hw[0]}×{self.dst_hw[1]}")
+        if not self.column_factor or self.is_identity:
+            out = np.ascontiguousarray(self.inverse(img, "linear"), np.float32)
+            return cv2.min(out, 1.0, dst=out)
+        out = np.empty(self.src_hw, np.float32)
+        upsample_clipped(np.ascontiguousarray(img, np.float32), *self.inverse_row_taps(), self.column_factor, self.top,
+                         out)
+        return out
 
     def src_coords(self) -> tuple[np.ndarray, np.ndarray]:
         """float32 maps (dst_h×dst_w) of the source pixel each network pixel samples; padding far outside."""
@@ -116,6 +133,13 @@ class ResizeTransform:
             mx, my = np.meshgrid(xs.astype(np.float32), ys.astype(np.float32))
             self._src_maps = (mx, my)
         return self._src_maps
+
+
+def _linear_taps(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``n_dst`` resized rows: (first source row, second source row, weight of the second)."""
+    y = np.clip((np.arange(n_dst, dtype=np.float64) + 0.5) * (n_src / n_dst) - 0.5, 0.0, n_src - 1.0)
+    first = np.floor(y).astype(np.int64)
+    return first, np.minimum(first + 1, n_src - 1), (y - first).astype(np.float32)
 
 
 def preprocess_rgb(rgb: np.ndarray, tf: ResizeTransform, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
