@@ -284,6 +284,29 @@ def test_render_equals_resize_colour_and_overlay(alpha):
     assert np.array_equal(over, overlay(rgb, colour, alpha))
 
 
+@pytest.mark.parametrize("src_hw,dst_hw,mode,factor", [((720, 1280), (480, 640), "stretch", 2),
+                                                        ((512, 640), (480, 640), "stretch", 1),
+                                                        ((1080, 1920), (480, 640), "stretch", 3),
+                                                        ((96, 256), (48, 64), "stretch", 4),
+                                                        ((720, 1300), (480, 640), "stretch", 0),
+                                                        ((300, 1280), (480, 640), "letterbox", 2)])
+def test_render_with_repeated_columns_equals_the_index_lookup(src_hw, dst_hw, mode, factor):
+    # RGB widths of 1-4 × the network's take the repeat-each-column path; all must equal small[rows][:, cols]
+    from rgbt_seg_ros.pipeline.postprocess import _column_factor
+
+    tf = ResizeTransform(src_hw, dst_hw, mode)
+    rows, cols = tf.nearest_index()
+    assert _column_factor(cols) == factor
+    rng = np.random.default_rng(src_hw[1])
+    small = rng.integers(0, 9, dst_hw, dtype=np.uint8)
+    rgb = rng.integers(0, 256, src_hw + (3,), dtype=np.uint8)
+    lut = colour_lut(get_class_set("mfnet").palette_array())
+    labels, colour, over = render(small, rows, cols, lut, rgb, 0.5, True, True, True)
+    full = small[rows][:, cols]
+    assert np.array_equal(labels, full) and np.array_equal(colour, lut[full])
+    assert np.array_equal(over, cv2.addWeighted(lut[full], 0.5, rgb, 0.5, 0.0))
+
+
 def test_render_overlay_within_one_of_opencv_for_any_alpha_and_skips_outputs():
     rng = np.random.default_rng(8)
     lut = colour_lut(voc_colormap(300), 300)

@@ -343,32 +343,61 @@ def blend(colour, rgb, alpha, out):  # pragma: no cover - compiled
 
 
 @njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
-def expand_labels(small, rows, cols, lut, rgb, alpha, labels, colour, overlay):  # pragma: no cover - compiled
+def expand_labels(small, rows, cols, factor, lut, rgb, alpha, labels, colour, overlay):  # pragma: no cover - compiled
     """Network-resolution labels → RGB-resolution labels, palette colour and overlay, in one pass.
 
     Output pixel (y, x) takes ``small[rows[y], cols[x]]`` (nearest neighbour); ``lut`` is a
     (≥ max label + 1)×3 uint8 table; overlay blends the colour over ``rgb`` with weight ``alpha``.
     Any of labels / colour / overlay may be empty and is then not written. Output rows that take the
-    same source row as the row before are copied, not looked up again.
+    same source row as the row before are copied, not looked up again. ``factor`` > 0 says that
+    cols[x] = cols[0] + x // factor: each source label is then coloured once and repeated, with no
+    per-pixel index lookups.
     """
     h = rows.size
     w = cols.size
     want_labels, want_colour, want_overlay = labels.size > 0, colour.size > 0, overlay.size > 0
     lab_row = np.empty(w, small.dtype)
     col_row = np.empty(w * 3, np.uint8)
+    c0 = cols[0] if w > 0 else 0
+    n_src = w // factor if factor > 0 else 0
     prev = -1
     for y in range(h):
         sy = rows[y]
         if sy != prev:
             src = small[sy]
-            for x in range(w):
-                lab_row[x] = src[cols[x]]
-            if want_colour or want_overlay:
+            if factor == 1:
                 for x in range(w):
-                    c = lab_row[x]
-                    col_row[3 * x] = lut[c, 0]
-                    col_row[3 * x + 1] = lut[c, 1]
-                    col_row[3 * x + 2] = lut[c, 2]
+                    lab_row[x] = src[c0 + x]
+            elif factor == 2:
+                for m in range(n_src):
+                    v = src[c0 + m]
+                    lab_row[2 * m] = v
+                    lab_row[2 * m + 1] = v
+            elif factor > 2:
+                for m in range(n_src):
+                    v = src[c0 + m]
+                    for k in range(factor):
+                        lab_row[factor * m + k] = v
+            else:
+                for x in range(w):
+                    lab_row[x] = src[cols[x]]
+            if want_colour or want_overlay:
+                if factor == 2:
+                    for m in range(n_src):
+                        c = src[c0 + m]
+                        r, g, b = lut[c, 0], lut[c, 1], lut[c, 2]
+                        col_row[6 * m] = r
+                        col_row[6 * m + 1] = g
+                        col_row[6 * m + 2] = b
+                        col_row[6 * m + 3] = r
+                        col_row[6 * m + 4] = g
+                        col_row[6 * m + 5] = b
+                else:
+                    for x in range(w):
+                        c = lab_row[x]
+                        col_row[3 * x] = lut[c, 0]
+                        col_row[3 * x + 1] = lut[c, 1]
+                        col_row[3 * x + 2] = lut[c, 2]
             prev = sy
         if want_labels:
             dst_l = labels[y]
@@ -425,5 +454,5 @@ def compile_for(label_dtype, num_classes: int) -> None:
         p = np.ones(1, point_dtype)
         project_radtan(p, p, p, np.zeros(8), 1.0, 1.0, 0.0, 0.0, np.empty(1), np.empty(1))
     index = np.zeros(1, np.int64)
-    expand_labels(np.zeros((1, 1), label_dtype), index, index, np.zeros((256, 3), u8), np.zeros((1, 1, 3), u8),
+    expand_labels(np.zeros((1, 1), label_dtype), index, index, 1, np.zeros((256, 3), u8), np.zeros((1, 1, 3), u8),
                   0.5, np.empty((1, 1), label_dtype), np.empty((1, 1, 3), u8), np.empty((1, 1, 3), u8))

@@ -61,6 +61,16 @@ def _as_label_image(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.uint16)
 
 
+def _column_factor(cols: np.ndarray) -> int:
+    """f when ``cols`` repeats each of a run of source columns f times (cols[x] = cols[0] + x // f), else 0."""
+    w = cols.size
+    span = int(cols[-1] - cols[0]) + 1 if w else 0
+    factor = w // span if span > 0 else 0
+    if factor < 1 or factor * span != w:
+        return 0
+    return factor if np.array_equal(cols, cols[0] + np.arange(w) // factor) else 0
+
+
 def render(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, lut: np.ndarray, rgb: np.ndarray | None = None,
            alpha: float = 0.5, want_labels: bool = True, want_colour: bool = True, want_overlay: bool = False
            ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -87,8 +97,8 @@ def render(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, lut: np.ndarr
     out_l = np.empty((h, w) if want_labels else (0, 0), labels.dtype)
     out_c = np.empty((h, w, 3) if want_colour else (0, 0, 3), np.uint8)
     out_o = np.empty((h, w, 3) if want_overlay else (0, 0, 3), np.uint8)
-    expand_labels(labels, rows, cols, np.ascontiguousarray(lut, np.uint8), rgb if want_overlay else out_o,
-                  float(alpha), out_l, out_c, out_o)
+    expand_labels(labels, rows, cols, _column_factor(cols), np.ascontiguousarray(lut, np.uint8),
+                  rgb if want_overlay else out_o, float(alpha), out_l, out_c, out_o)
     return (out_l if want_labels else None), (out_c if want_colour else None), (out_o if want_overlay else None)
 
 
