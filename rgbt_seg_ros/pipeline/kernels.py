@@ -2,7 +2,7 @@
 
 Each kernel replaces a chain of OpenCV/numpy passes whose cost on a CPU is memory traffic, not
 arithmetic: the chain wrote and re-read a full-size temporary per step, a kernel reads its inputs once
-and keeps its intermediates in small per-tile buffers (L1-sized). They release the GIL, so the node's
+and keeps its intermediates in registers or small per-tile buffers (L1-sized). They release the GIL, so the node's
 executor keeps receiving while a frame is post-processed.
 
 ``fastmath`` is a subset on purpose: contraction and reassociation let LLVM vectorise, while ``nnan`` and

@@ -25,8 +25,8 @@ def logits_to_labels(logits: np.ndarray, need_labels: bool = True, need_confiden
     """K×h×w logits → (labels h×w uint8/uint16, confidence h×w float32 in [0, 1]); either may be skipped (None).
 
     Ties go to the lowest class id. Confidence is max softmax = 1 / Σ_k exp(l_k − max_k l), exact for any
-    logit magnitude. One fused pass over the K planes, tile by tile (``kernels.argmax_softmax``); without
-    confidence no exp is computed at all.
+    logit magnitude. One fused pass over the K planes (``kernels.argmax_softmax``: per pixel for up to 10
+    classes, tile by tile past that); without confidence no exp is computed at all.
     """
     if logits.ndim != 3 or logits.shape[0] < 1:
         raise RgbtSegError(f"logits: expected K×h×w, got shape {logits.shape}")
