@@ -288,6 +288,7 @@ def test_render_equals_resize_colour_and_overlay(alpha):
                                                         ((512, 640), (480, 640), "stretch", 1),
                                                         ((1080, 1920), (480, 640), "stretch", 3),
                                                         ((96, 256), (48, 64), "stretch", 4),
+                                                        ((40, 62), (20, 31), "stretch", 2),
                                                         ((720, 1300), (480, 640), "stretch", 0),
                                                         ((300, 1280), (480, 640), "letterbox", 2)])
 def test_render_with_repeated_columns_equals_the_index_lookup(src_hw, dst_hw, mode, factor):

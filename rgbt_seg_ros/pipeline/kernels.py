@@ -360,6 +360,24 @@ def expand_labels(small, rows, cols, factor, lut, rgb, alpha, labels, colour, ov
     col_row = np.empty(w * 3, np.uint8)
     c0 = cols[0] if w > 0 else 0
     n_src = w // factor if factor > 0 else 0
+    # at 2×, 32-bit words of the colour row per class: (r g b r), (g b · ·), (· · r g), (b r g b); built through a
+    # byte view, so right for either byte order
+    words = col_row[:(w * 3) // 4 * 4].view(np.uint32)
+    n_lut = lut.shape[0] if factor == 2 and (want_colour or want_overlay) else 0
+    first, middle_lo = np.zeros(n_lut, np.uint32), np.zeros(n_lut, np.uint32)
+    middle_hi, last = np.zeros(n_lut, np.uint32), np.zeros(n_lut, np.uint32)
+    pattern = np.zeros(4, np.uint8)
+    as_word = pattern.view(np.uint32)
+    for c in range(n_lut):
+        r, g, b = lut[c, 0], lut[c, 1], lut[c, 2]
+        pattern[0], pattern[1], pattern[2], pattern[3] = r, g, b, r
+        first[c] = as_word[0]
+        pattern[0], pattern[1], pattern[2], pattern[3] = g, b, 0, 0
+        middle_lo[c] = as_word[0]
+        pattern[0], pattern[1], pattern[2], pattern[3] = 0, 0, r, g
+        middle_hi[c] = as_word[0]
+        pattern[0], pattern[1], pattern[2], pattern[3] = b, r, g, b
+        last[c] = as_word[0]
     prev = -1
     for y in range(h):
         sy = rows[y]
@@ -383,15 +401,17 @@ def expand_labels(small, rows, cols, factor, lut, rgb, alpha, labels, colour, ov
                     lab_row[x] = src[cols[x]]
             if want_colour or want_overlay:
                 if factor == 2:
-                    for m in range(n_src):
+                    # two source labels → four output pixels → 12 bytes → three 32-bit stores from the tables
+                    for q in range(n_src // 2):
+                        c1 = src[c0 + 2 * q]
+                        c2 = src[c0 + 2 * q + 1]
+                        words[3 * q] = first[c1]
+                        words[3 * q + 1] = middle_lo[c1] | middle_hi[c2]
+                        words[3 * q + 2] = last[c2]
+                    for m in range(2 * (n_src // 2), n_src):  # an odd source width: its last label
                         c = src[c0 + m]
-                        r, g, b = lut[c, 0], lut[c, 1], lut[c, 2]
-                        col_row[6 * m] = r
-                        col_row[6 * m + 1] = g
-                        col_row[6 * m + 2] = b
-                        col_row[6 * m + 3] = r
-                        col_row[6 * m + 4] = g
-                        col_row[6 * m + 5] = b
+                        for k in range(6):
+                            col_row[6 * m + k] = lut[c, k % 3]
                 else:
                     for x in range(w):
                         c = lab_row[x]
