@@ -90,30 +90,29 @@ def unrolled_argmax(k_classes: int):
     reloads them per class. Compiled once per class count and cached on disk (numba keys the cache on it)."""
     K = int(k_classes)
 
+    @njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False, inline="always")
+    def leader(logits, p):  # pragma: no cover - compiled
+        """Pixel p's largest logit and its class: ties keep the lower id; a NaN never wins, a NaN leader loses."""
+        best = logits[0, p]
+        arg = np.int32(0)
+        for k in range(1, K):
+            x = logits[k, p]
+            wins = x > best or (best != best and x == x)
+            best = x if wins else best
+            arg = np.int32(k) if wins else arg
+        return best, arg
+
     @njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
     def labels_only(logits, labels):  # pragma: no cover - compiled
         for p in range(logits.shape[1]):
-            best = logits[0, p]
-            arg = np.int32(0)
-            for k in range(1, K):
-                x = logits[k, p]
-                wins = x > best or (best != best and x == x)  # ties keep the lower id; a NaN never wins
-                best = x if wins else best
-                arg = np.int32(k) if wins else arg
-            labels[p] = arg
+            labels[p] = leader(logits, p)[1]
 
     # error_model="numpy": 1/x without Python's zero-division check, whose branch would stop the vectoriser
     @njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False, error_model="numpy")
     def with_confidence(logits, labels, confidence):  # pragma: no cover - compiled
         one = np.float32(1.0)
         for p in range(logits.shape[1]):
-            best = logits[0, p]
-            arg = np.int32(0)
-            for k in range(1, K):
-                x = logits[k, p]
-                wins = x > best or (best != best and x == x)
-                best = x if wins else best
-                arg = np.int32(k) if wins else arg
+            best, arg = leader(logits, p)
             total = np.float32(0.0)  # two passes over the pixel's logits, the second from L1: no rescaling
             for k in range(K):
                 total += _exp_negative(logits[k, p] - best)

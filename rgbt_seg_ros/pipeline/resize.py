@@ -47,15 +47,25 @@ class ResizeTransform:
         self._nearest: tuple[np.ndarray, np.ndarray] | None = None
         self._row_taps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._inverse_row_taps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        # content columns that take every factor-th source column (``kernels.resize_to_chw``), else 0
+        # content columns that take every factor-th source column (the one-pass kernels), else 0; 0 for the
+        # identity too, which has nothing to resize
         factor = sw // self.content_hw[1]
         self.column_factor = factor if (factor in RESIZE_COLUMN_FACTORS and factor * self.content_hw[1] == sw
-                                        and self.left == 0) else 0
+                                        and self.left == 0 and not self.is_identity) else 0
 
-    def forward(self, img: np.ndarray, interpolation: str = "linear") -> np.ndarray:
+    def check_source(self, img: np.ndarray) -> None:
+        """One error naming both sizes when ``img`` is not of the source size."""
         if img.shape[:2] != self.src_hw:
             raise RgbtSegError(f"resize: image is {img.shape[0]}×{img.shape[1]}, transform expects "
                                f"{self.src_hw[0]}×{self.src_hw[1]}")
+
+    def _check_result(self, img: np.ndarray) -> None:
+        if img.shape[:2] != self.dst_hw:
+            raise RgbtSegError(f"resize: result is {img.shape[0]}×{img.shape[1]}, expected "
+                               f"{self.dst_hw[0]}×{self.dst_hw[1]}")
+
+    def forward(self, img: np.ndarray, interpolation: str = "linear") -> np.ndarray:
+        self.check_source(img)
         if self.is_identity:
             return img
         ch, cw = self.content_hw
@@ -68,9 +78,7 @@ class ResizeTransform:
 
     def inverse(self, img: np.ndarray, interpolation: str = "linear") -> np.ndarray:
         """Network-resolution image (h×w or h×w×C) → source resolution; letterbox padding is cut away."""
-        if img.shape[:2] != self.dst_hw:
-            raise RgbtSegError(f"resize: result is {img.shape[0]}×{img.shape[1]}, expected "
-                               f"{self.dst_hw[0]}×{self.dst_hw[1]}")
+        self._check_result(img)
         if self.is_identity:
             return img
         ch, cw = self.content_hw
@@ -112,9 +120,10 @@ class ResizeTransform:
     def inverse_clipped(self, img: np.ndarray) -> np.ndarray:
         """``inverse(img, "linear")`` of a float32 image, clipped to ≤ 1: in one pass (``kernels.upsample_clipped``)
         when the source width is the content width times 1–4, else cv2.resize and a clipping pass."""
-        if img.shape[:2] != self.dst_hw or img.ndim != 2:
-            raise RgbtSegError(f"resize: result is {img.shape}, expected {self.dst_hw[0]}×{self.dst_hw[1]}")
-        if not self.column_factor or self.is_identity:
+        self._check_result(img)
+        if img.ndim != 2:
+            raise RgbtSegError(f"resize: result has shape {img.shape}, expected one channel")
+        if not self.column_factor:
             out = np.ascontiguousarray(self.inverse(img, "linear"), np.float32)
             return cv2.min(out, 1.0, dst=out)
         out = np.empty(self.src_hw, np.float32)
@@ -152,10 +161,9 @@ def preprocess_rgb(rgb: np.ndarray, tf: ResizeTransform, mean: np.ndarray, std: 
     std = np.asarray(std, np.float32).reshape(3)
     scale = (1.0 / (255.0 * std)).astype(np.float32)
     offset = (-np.asarray(mean, np.float32).reshape(3) / std).astype(np.float32)
-    if rgb.shape[:2] != tf.src_hw:
-        tf.forward(rgb)  # raises the error that names both sizes
+    tf.check_source(rgb)
     out = np.empty((1, 3) + tf.dst_hw, np.float32)
-    if tf.column_factor and not tf.is_identity:
+    if tf.column_factor:
         content_h = tf.content_hw[0]
         out[0, :, :tf.top] = offset[:, None, None]  # letterbox padding: the value of a 0 pixel
         out[0, :, tf.top + content_h:] = offset[:, None, None]
