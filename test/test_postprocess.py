@@ -201,6 +201,29 @@ def test_unrolled_and_tiled_argmax_kernels_agree(k):
     assert (tiled[1][:7] == 0).all() and (tiled[0][:7] == 0).all()
 
 
+def test_the_exp_bound_kernels_are_compiled_for_full_width_vectors():
+    # kernels._full_width_vectors puts LLVM's "prefer-vector-width" attribute on the kernels whose exps set the
+    # pace (0.68× the time on AVX-512 CPUs); it reaches into llvmlite's attribute set, so this notices the day a
+    # llvmlite release stops taking it there and the speed quietly goes. Compiled afresh: a kernel loaded from
+    # numba's disk cache has no LLVM IR to show.
+    import numba
+
+    from rgbt_seg_ros.pipeline import kernels
+
+    def llvm_ir(kernel, *args) -> str:
+        options = {k: v for k, v in kernel.targetoptions.items() if k not in ("cache", "nopython")}
+        fresh = numba.njit(**options)(kernel.py_func)
+        fresh(*args)
+        return "".join(fresh.inspect_llvm().values())
+
+    logits = np.zeros((9, 4), np.float32)
+    labels_only, with_confidence = kernels.unrolled_argmax(9)
+    outputs = (np.empty(4, np.uint8), np.empty(4, np.float32))
+    assert '"prefer-vector-width"="512"' in llvm_ir(with_confidence, logits, *outputs)
+    assert '"prefer-vector-width"="512"' in llvm_ir(kernels.argmax_softmax_tiled, logits, *outputs)
+    assert "prefer-vector-width" not in llvm_ir(labels_only, logits, outputs[0])  # memory-bound: the default
+
+
 def test_preprocess_rgb_matches_the_formula_on_an_odd_size():
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
