@@ -312,10 +312,14 @@ def test_render_equals_resize_colour_and_overlay(alpha):
                                                         ((1080, 1920), (480, 640), "stretch", 3),
                                                         ((96, 256), (48, 64), "stretch", 4),
                                                         ((40, 62), (20, 31), "stretch", 2),
+                                                        ((40, 66), (20, 33), "stretch", 2),
+                                                        ((40, 68), (20, 34), "stretch", 2),
+                                                        ((40, 6), (20, 3), "stretch", 2),
                                                         ((720, 1300), (480, 640), "stretch", 0),
                                                         ((300, 1280), (480, 640), "letterbox", 2)])
 def test_render_with_repeated_columns_equals_the_index_lookup(src_hw, dst_hw, mode, factor):
-    # RGB widths of 1-4 × the network's take the repeat-each-column path; all must equal small[rows][:, cols]
+    # RGB widths of 1-4 × the network's take the repeat-each-column path (at 2× network widths of every remainder
+    # mod 4, and one narrower than a colour word); all must equal small[rows][:, cols]
     from rgbt_seg_ros.pipeline.postprocess import _column_factor
 
     tf = ResizeTransform(src_hw, dst_hw, mode)

@@ -383,24 +383,24 @@ def expand_labels(small, rows, cols, factor, lut, rgb, alpha, labels, colour, ov
     col_row = np.empty(w * 3, np.uint8)
     c0 = cols[0] if w > 0 else 0
     n_src = w // factor if factor > 0 else 0
-    # at 2×, 32-bit words of the colour row per class: (r g b r), (g b · ·), (· · r g), (b r g b); built through a
-    # byte view, so right for either byte order
-    words = col_row[:(w * 3) // 4 * 4].view(np.uint32)
+    # at 2×, four source labels colour 24 bytes of the row, three 64-bit words; label s of the four (bytes 6s..6s+5,
+    # r g b r g b) reaches into word s as its first label and into word s − 1 as its second. part[k, j, c]: the
+    # bytes of class c in word k as its label j, zero elsewhere; built through a byte view, so right for either
+    # byte order
+    words = col_row[:(w * 3) // 8 * 8].view(np.uint64)
     n_lut = lut.shape[0] if factor == 2 and (want_colour or want_overlay) else 0
-    first, middle_lo = np.zeros(n_lut, np.uint32), np.zeros(n_lut, np.uint32)
-    middle_hi, last = np.zeros(n_lut, np.uint32), np.zeros(n_lut, np.uint32)
-    pattern = np.zeros(4, np.uint8)
-    as_word = pattern.view(np.uint32)
+    part = np.zeros((3, 2, n_lut), np.uint64)
+    pattern = np.zeros(24, np.uint8)
+    as_words = pattern.view(np.uint64)
     for c in range(n_lut):
-        r, g, b = lut[c, 0], lut[c, 1], lut[c, 2]
-        pattern[0], pattern[1], pattern[2], pattern[3] = r, g, b, r
-        first[c] = as_word[0]
-        pattern[0], pattern[1], pattern[2], pattern[3] = g, b, 0, 0
-        middle_lo[c] = as_word[0]
-        pattern[0], pattern[1], pattern[2], pattern[3] = 0, 0, r, g
-        middle_hi[c] = as_word[0]
-        pattern[0], pattern[1], pattern[2], pattern[3] = b, r, g, b
-        last[c] = as_word[0]
+        for s in range(4):
+            pattern[:] = 0
+            for k in range(6):
+                pattern[6 * s + k] = lut[c, k % 3]
+            if s <= 2:
+                part[s, 0, c] = as_words[s]
+            if s >= 1:
+                part[s - 1, 1, c] = as_words[s - 1]
     prev = -1
     for y in range(h):
         sy = rows[y]
@@ -424,14 +424,13 @@ def expand_labels(small, rows, cols, factor, lut, rgb, alpha, labels, colour, ov
                     lab_row[x] = src[cols[x]]
             if want_colour or want_overlay:
                 if factor == 2:
-                    # two source labels → four output pixels → 12 bytes → three 32-bit stores from the tables
-                    for q in range(n_src // 2):
-                        c1 = src[c0 + 2 * q]
-                        c2 = src[c0 + 2 * q + 1]
-                        words[3 * q] = first[c1]
-                        words[3 * q + 1] = middle_lo[c1] | middle_hi[c2]
-                        words[3 * q + 2] = last[c2]
-                    for m in range(2 * (n_src // 2), n_src):  # an odd source width: its last label
+                    # four source labels → eight output pixels → 24 bytes → three 64-bit stores from the tables
+                    for q in range(n_src // 4):
+                        m = c0 + 4 * q
+                        words[3 * q] = part[0, 0, src[m]] | part[0, 1, src[m + 1]]
+                        words[3 * q + 1] = part[1, 0, src[m + 1]] | part[1, 1, src[m + 2]]
+                        words[3 * q + 2] = part[2, 0, src[m + 2]] | part[2, 1, src[m + 3]]
+                    for m in range(4 * (n_src // 4), n_src):  # a source width not a multiple of 4: the rest
                         c = src[c0 + m]
                         for k in range(6):
                             col_row[6 * m + k] = lut[c, k % 3]
