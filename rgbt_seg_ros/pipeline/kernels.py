@@ -147,7 +147,8 @@ def unrolled_argmax(k_classes: int):
     return labels_only, with_confidence
 
 
-@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
+# error_model="numpy": 1/x unchecked, as in with_confidence (0.91× the time at 15 classes)
+@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False, error_model="numpy")
 def argmax_softmax_tiled(logits, labels, confidence):  # pragma: no cover - compiled
     """``argmax_softmax`` for any class count, tile by tile.
 
@@ -453,7 +454,9 @@ def expand_labels(small, rows, cols, factor, lut, rgb, alpha, labels, colour, ov
             _blend(col_row, rgb[y].reshape(w * 3), alpha, overlay[y].reshape(w * 3))
 
 
-@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False)
+# error_model="numpy": the two divisions without Python's zero-division check, whose branch kept the loop scalar
+# (4.2 → 1.0 ms for 848×480 points); callers pass Z > 0 only
+@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False, error_model="numpy")
 def project_radtan(X, Y, Z, coeffs, fx, fy, cx, cy, u, v):  # pragma: no cover - compiled
     """Camera-frame points (Z > 0) → pixel (u, v) through OpenCV's radial-tangential lens model, one pass.
 
