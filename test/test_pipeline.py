@@ -309,19 +309,21 @@ def test_kernels_are_compiled_when_the_pipeline_is_built_not_on_the_first_frame(
             pipe.process(rgb, None, outputs={"labels", "confidence"})
             assert [len(kernel.signatures) for kernel in kinds] == before, (k, before)
             assert min(before) >= 1
-        # lens distortion in depth reprojection (float32 points) and in warp maps (float64)
+        # depth reprojection onto a pinhole and a lens RGB camera, and lens distortion in warp maps (float64)
         from rgbt_seg_ros.pipeline import CameraModel, Extrinsics
         from rgbt_seg_ros.pipeline.registration import Registrar
-        before = len(kernels.project_radtan.signatures)
-        cam = CameraModel(K=[[60, 0, 32], [0, 60, 24], [0, 0, 1]], D=[0.1, -0.2, 1e-3, 1e-3, 0.05], width=64, height=48)
-        for mode in ("depth", "plane"):
-            reg = Registrar({"mode": mode})
-            reg.set_geometry(cam, cam, Extrinsics(np.eye(3), [0.05, 0.0, 0.0]))
-            if mode == "depth":
-                reg.register_depth(np.ones((48, 64), np.float32), (48, 64))
-            else:
-                reg.warp_maps((48, 64), (48, 64))
-        assert len(kernels.project_radtan.signatures) == before >= 2, before
+        kinds = (kernels.project_radtan, kernels.depth_to_rgb_pixels, kernels.zbuffer_min)
+        before = [len(kernel.signatures) for kernel in kinds]
+        for D in (np.zeros(5), [0.1, -0.2, 1e-3, 1e-3, 0.05]):
+            cam = CameraModel(K=[[60, 0, 32], [0, 60, 24], [0, 0, 1]], D=D, width=64, height=48)
+            for mode in ("depth", "plane"):
+                reg = Registrar({"mode": mode})
+                reg.set_geometry(cam, cam, Extrinsics(np.eye(3), [0.05, 0.0, 0.0]))
+                if mode == "depth":
+                    reg.register_depth(np.ones((48, 64), np.float32), (48, 64))
+                else:
+                    reg.warp_maps((48, 64), (48, 64))
+        assert [len(kernel.signatures) for kernel in kinds] == before and min(before) >= 1, before
         print("ok")
     """).replace("TEST_DIR", repr(str(Path(__file__).parent)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)

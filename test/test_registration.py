@@ -296,6 +296,58 @@ def test_depth_reprojection_onto_an_rgb_grid_past_2_to_the_24_pixels():
     assert ((out > 0) != ref).sum() <= 0.001 * ref.sum()
 
 
+def _register_depth_numpy(reg: Registrar, rgb: CameraModel, dep: CameraModel, ext: Extrinsics, depth, rgb_hw):
+    """register_depth's reprojection as whole-image numpy passes (what it was before kernels.depth_to_rgb_pixels),
+    hole filling off: float32 p = z · ray + t, pinhole in float32 or the lens through project_points, z-buffer."""
+    rh, rw = rgb_hw
+    ax, ay, az = reg._depth_rays(dep, ext)
+    z = depth.astype(np.float32)
+    t = ext.t.astype(np.float32)
+    X, Y, Z = z * ax + t[0], z * ay + t[1], z * az + t[2]
+    keep = (z > 0) & (Z > 1e-6)
+    if rgb.has_distortion:
+        u, v = project_points(rgb, X[keep], Y[keep], Z[keep])
+        u, v, Zk = np.floor(u + 0.5), np.floor(v + 0.5), Z[keep]
+    else:
+        K = rgb.K
+        iz = np.float32(1.0) / np.maximum(Z, np.float32(1e-6))
+        u = (X * iz) * np.float32(K[0, 0]) + (Y * iz) * np.float32(K[0, 1]) + np.float32(K[0, 2]) + np.float32(0.5)
+        v = (Y * iz) * np.float32(K[1, 1]) + np.float32(K[1, 2]) + np.float32(0.5)
+        u, v, Zk = np.floor(u)[keep], np.floor(v)[keep], Z[keep]
+    ok = (u >= 0) & (u < rw) & (v >= 0) & (v < rh)
+    out = np.full(rh * rw, np.inf, np.float32)
+    np.minimum.at(out, v[ok].astype(np.intp) * rw + u[ok].astype(np.intp), Zk[ok])
+    return np.where(np.isinf(out), 0, out).reshape(rh, rw)
+
+
+@pytest.mark.parametrize("lens", ["pinhole", "skew", "plumb_bob", "rational_polynomial", "equidistant"])
+def test_depth_reprojection_equals_the_whole_image_numpy_formulas(lens):
+    # the one-pass kernel lands every depth sample on the same RGB pixel as the numpy formulas, rounding included:
+    # invalid and negative depths, points behind the RGB camera and points outside its image among them
+    rng = np.random.default_rng(11)
+    K = np.array([[610.2, 0.0, 423.7], [0.0, 609.8, 241.3], [0.0, 0.0, 1.0]])
+    D = {"pinhole": np.zeros(5), "skew": np.zeros(5), "plumb_bob": [0.1, -0.25, 0.001, 0.0005, 0.1],
+         "rational_polynomial": [0.1, -0.25, 0.001, 0.0005, 0.1, 0.01, -0.02, 0.03],
+         "equidistant": [0.05, -0.01, 0.002, 0.0]}[lens]
+    if lens == "skew":
+        K[0, 1] = 1.5
+    model = lens if lens in ("rational_polynomial", "equidistant") else "plumb_bob"
+    rgb = CameraModel(K=K, D=D, width=848, height=480, distortion_model=model)
+    dep = CameraModel(K=[[425.1, 0, 421.9], [0, 425.1, 238.2], [0, 0, 1]], D=[0.01, -0.02, 0, 0, 0], width=848, height=480)
+    ext = Extrinsics(cv2.Rodrigues(np.array([0.02, -0.3, 0.01]))[0], [0.05, -0.01, 0.3])
+    depth = (0.2 + 6 * rng.random((480, 848))).astype(np.float32)
+    depth[rng.random(depth.shape) < 0.1] = 0.0
+    depth[:5] = -1.0
+    reg = Registrar({"mode": "depth", "hole_fill": 0})
+    reg.set_geometry(rgb, dep, ext)
+    for rgb_hw in ((480, 848), (240, 424)):
+        out = reg.register_depth(depth, rgb_hw)
+        scaled = rgb.for_size(rgb_hw[1], rgb_hw[0])
+        ref = _register_depth_numpy(reg, scaled, dep, ext, depth, rgb_hw)
+        assert 0.2 < (ref > 0).mean() < 0.95  # a frame that lands partly outside
+        assert np.array_equal(out, ref)
+
+
 @pytest.mark.skipif(not (DATA / "openloris-rgbd").is_dir(), reason="shared/data/openloris-rgbd is absent")
 def test_openloris_raw_depth_onto_colour_matches_device_alignment():
     root = DATA / "openloris-rgbd"

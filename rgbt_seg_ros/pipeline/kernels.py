@@ -478,6 +478,62 @@ def project_radtan(X, Y, Z, coeffs, fx, fy, cx, cy, u, v):  # pragma: no cover -
         v[i] = fy * yd + cy
 
 
+# No fastmath: p = z · ray + t and the pinhole projection round op by op in float32, as the numpy formulas did
+# before these kernels, so that the pixel each depth sample lands on did not change (contracting them into FMAs
+# moves a few samples across a pixel border). error_model="numpy": divisions without a branch, so it vectorises.
+@njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+def depth_to_rgb_pixels(z, ray_x, ray_y, ray_z, t, pinhole, coeffs, rgb_w, rgb_h, index, z_rgb):  # pragma: no cover - compiled
+    """Depth samples → the RGB pixel each lands on (``index`` = row · rgb_w + column, −1 for none) and its z there.
+
+    ``z``: depth in metres (0 = invalid), float32; ``ray_*``: R · (undistorted depth ray), float32, same size; ``t``:
+    the translation, float32. p = z · ray + t; samples with z ≤ 0 or p_z ≤ 1e-6 land nowhere. ``pinhole``: fx,
+    skew, cx, fy, cy of the RGB camera (float64). With ``coeffs`` empty the projection is the pinhole in float32;
+    else OpenCV's radial-tangential model with ``coeffs`` k1 k2 p1 p2 k3 k4 k5 k6 in float64, as ``project_radtan``
+    (which ignores the skew, as ``cv2.projectPoints`` does). Coordinates round half up to the nearest pixel.
+    """
+    t0, t1, t2 = t[0], t[1], t[2]
+    eps, half, one = np.float32(1e-6), np.float32(0.5), np.float32(1.0)
+    fx32, skew32, cx32 = np.float32(pinhole[0]), np.float32(pinhole[1]), np.float32(pinhole[2])
+    fy32, cy32 = np.float32(pinhole[3]), np.float32(pinhole[4])
+    lens = coeffs.size > 0
+    k1 = k2 = p1 = p2 = k3 = k4 = k5 = k6 = 0.0
+    if lens:
+        k1, k2, p1, p2, k3, k4, k5, k6 = (coeffs[0], coeffs[1], coeffs[2], coeffs[3], coeffs[4], coeffs[5],
+                                          coeffs[6], coeffs[7])
+    fx, cx, fy, cy = pinhole[0], pinhole[2], pinhole[3], pinhole[4]
+    for i in range(z.size):
+        zi = z[i]
+        X = zi * ray_x[i] + t0
+        Y = zi * ray_y[i] + t1
+        Z = zi * ray_z[i] + t2
+        keep = (zi > 0) & (Z > eps)
+        if lens:
+            iz = 1.0 / np.float64(Z)
+            x = np.float64(X) * iz
+            y = np.float64(Y) * iz
+            r2 = x * x + y * y
+            radial = (1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1.0 + r2 * (k4 + r2 * (k5 + r2 * k6)))
+            xy2 = 2.0 * x * y
+            u = np.floor((fx * (x * radial + p1 * xy2 + p2 * (r2 + 2.0 * x * x)) + cx) + 0.5)
+            v = np.floor((fy * (y * radial + p1 * (r2 + 2.0 * y * y) + p2 * xy2) + cy) + 0.5)
+        else:
+            iz32 = one / max(Z, eps)  # finite everywhere: rejected samples too, so nothing below is NaN
+            u = np.float64(np.floor(((X * iz32) * fx32 + (Y * iz32) * skew32) + cx32 + half))
+            v = np.float64(np.floor((Y * iz32) * fy32 + cy32 + half))
+        keep &= (u >= 0) & (u < rgb_w) & (v >= 0) & (v < rgb_h)
+        index[i] = np.int32(v) * np.int32(rgb_w) + np.int32(u) if keep else np.int32(-1)
+        z_rgb[i] = Z
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def zbuffer_min(index, z, out):  # pragma: no cover - compiled
+    """out[index[i]] = min(out[index[i]], z[i]) for index[i] ≥ 0: the nearest surface wins (a scatter, scalar)."""
+    for i in range(index.size):
+        j = index[i]
+        if j >= 0 and z[i] < out[j]:
+            out[j] = z[i]
+
+
 def compile_for(label_dtype, num_classes: int) -> None:
     """Compile (or load from the disk cache) the kernels for the exact types and class count the pipeline passes
     them, on tiny inputs, so that the pipeline pays for it when it is built and not on its first frame."""
@@ -495,7 +551,12 @@ def compile_for(label_dtype, num_classes: int) -> None:
             two_order_statistics(image, 1, 0, 0)
     for aux_dtype in (u8, np.uint16, f32):  # mono8, mono16 and 32FC1 thermal, depth in metres
         scale_clip(np.zeros((1, 1), aux_dtype), 1.0, 0.0, 0.0, 1.0, np.empty((1, 1), f32))
-    for point_dtype in (f32, np.float64):  # depth frames' points; warp maps
+    one, none = np.ones(1, f32), np.zeros(0)
+    for coeffs in (none, np.zeros(8)):  # depth reprojection, pinhole and with a lens
+        depth_to_rgb_pixels(one, one, one, one, np.zeros(3, f32), np.ones(5), coeffs, 1, 1, np.empty(1, np.int32),
+                            np.empty(1, f32))
+    zbuffer_min(np.zeros(1, np.int32), one, np.ones(1, f32))
+    for point_dtype in (f32, np.float64):  # project_points takes either; warp maps use float64
         p = np.ones(1, point_dtype)
         project_radtan(p, p, p, np.zeros(8), 1.0, 1.0, 0.0, 0.0, np.empty(1), np.empty(1))
     index = np.zeros(1, np.int64)

@@ -15,7 +15,8 @@ Modes (``RegistrationConfig.mode``):
                  then optionally fill small holes from the nearest valid neighbour.
 
 Warp maps are built once per geometry (camera models, extrinsics, image sizes, network resize) and cached
-as fixed-point ``cv2.remap`` maps; a frame costs one ``cv2.remap``.
+as float32 ``cv2.remap`` maps; a frame costs one ``cv2.remap``. Depth reprojection is one numba pass per frame
+(``kernels.depth_to_rgb_pixels``) and a z-buffer scatter (``kernels.zbuffer_min``).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np
 from rgbt_seg_ros.errors import RgbtSegError
 from rgbt_seg_ros.pipeline.camera import CameraModel, Extrinsics, load_camera, load_extrinsics
 from rgbt_seg_ros.pipeline.config import RegistrationConfig
-from rgbt_seg_ros.pipeline.kernels import project_radtan
+from rgbt_seg_ros.pipeline.kernels import depth_to_rgb_pixels, project_radtan, zbuffer_min
 from rgbt_seg_ros.pipeline.resize import ResizeTransform
 
 _OUTSIDE = -1.0e4
@@ -251,57 +252,39 @@ class Registrar:
         rgb = rgb.for_size(rw, rh)
         dcam = dcam.for_size(depth_m.shape[1], depth_m.shape[0])
         ax, ay, az = self._depth_rays(dcam, ext)
-        z = np.ascontiguousarray(depth_m, dtype=np.float32)
+        z = np.ascontiguousarray(depth_m, dtype=np.float32).reshape(-1)
         t = ext.t.astype(np.float32)
-        # whole-image float32 arithmetic (no gathers until the end): p_rgb = z · (R · ray) + t
-        Xc, Yc, Zc = z * ax, z * ay, z * az
-        Xc += t[0]
-        Yc += t[1]
-        Zc += t[2]
-        keep = (z > 0) & (Zc > 1e-6)
-        if rgb.has_distortion:
-            sel = np.flatnonzero(keep)
-            Zc = Zc.reshape(-1)[sel]
-            u, v = project_points(rgb, Xc.reshape(-1)[sel], Yc.reshape(-1)[sel], Zc)
-            u, v = np.floor(u + 0.5), np.floor(v + 0.5)
-            ok = (u >= 0) & (u < rw) & (v >= 0) & (v < rh)
-            sel = np.flatnonzero(ok)
-            idx = v[sel].astype(np.intp) * rw + u[sel].astype(np.intp)
-            Zc = Zc[sel]
+        if rgb.has_distortion and rgb.distortion_model == "equidistant":
+            index, z_rgb = self._fisheye_targets(rgb, z, ax, ay, az, t, rw, rh)
         else:
+            # one pass: p_rgb = z · (R · ray) + t, projected and rounded to the RGB pixel it lands on (or −1)
             K = rgb.K
-            # 1/max(Z, 1e-6) keeps u, v finite everywhere (the rejected pixels included), so they can be rounded
-            # and range-checked in float32 over the whole image before the one gather; same float32 formulas,
-            # bit-identical to projecting the kept points only
-            iz = np.divide(np.float32(1.0), np.maximum(Zc, np.float32(1e-6)))
-            u = (Xc * iz) * np.float32(K[0, 0])
-            if K[0, 1]:
-                u += (Yc * iz) * np.float32(K[0, 1])
-            u += np.float32(K[0, 2])
-            v = (Yc * iz) * np.float32(K[1, 1])
-            v += np.float32(K[1, 2])
-            u += np.float32(0.5)
-            np.floor(u, out=u)
-            v += np.float32(0.5)
-            np.floor(v, out=v)
-            keep &= (u >= 0) & (u < rw) & (v >= 0) & (v < rh)
-            sel = np.flatnonzero(keep)
-            if rh * rw <= (1 << 24):
-                # row · width + column is an exact integer in float32 up to 2²⁴ pixels: one gather
-                v *= np.float32(rw)
-                v += u
-                idx = v.reshape(-1)[sel].astype(np.intp)
-            else:  # larger RGB images: row and column gathered apart, the index formed in integers
-                idx = v.reshape(-1)[sel].astype(np.intp) * rw + u.reshape(-1)[sel].astype(np.intp)
-            Zc = Zc.reshape(-1)[sel]
+            coeffs = np.zeros(8 if rgb.has_distortion else 0)  # none: the pinhole
+            if rgb.has_distortion:
+                coeffs[:rgb.D.size] = rgb.D  # plumb_bob: k1 k2 p1 p2 k3; rational_polynomial adds k4 k5 k6
+            index, z_rgb = np.empty(z.size, np.int32), np.empty(z.size, np.float32)
+            depth_to_rgb_pixels(z, ax.reshape(-1), ay.reshape(-1), az.reshape(-1), t,
+                                np.array([K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2]], np.float64), coeffs, rw, rh,
+                                index, z_rgb)
         # z-buffer: the nearest surface wins where several depth pixels land on one RGB pixel; +inf = nothing landed
         out = np.full(rh * rw, np.inf, np.float32)
-        np.minimum.at(out, idx, Zc)
+        zbuffer_min(index, z_rgb, out)
         out = out.reshape(rh, rw)
         if self.config.hole_fill:
             return _fill_marked_holes(out, int(self.config.hole_fill))
         # inf (and only inf) → 0, in one OpenCV pass rather than a boolean-mask assignment
         return cv2.threshold(out, _BIG, 0.0, cv2.THRESH_TOZERO_INV)[1]
+
+    @staticmethod
+    def _fisheye_targets(rgb: CameraModel, z, ax, ay, az, t, rw: int, rh: int) -> tuple[np.ndarray, np.ndarray]:
+        """``depth_to_rgb_pixels`` for an RGB camera with a fisheye (equidistant) lens, through ``project_points``:
+        the RGB pixel index of each depth sample that lands in the image, and its z."""
+        X, Y, Z = z * ax.reshape(-1) + t[0], z * ay.reshape(-1) + t[1], z * az.reshape(-1) + t[2]
+        sel = np.flatnonzero((z > 0) & (Z > 1e-6))
+        u, v = project_points(rgb, X[sel], Y[sel], Z[sel])
+        u, v = np.floor(u + 0.5), np.floor(v + 0.5)
+        ok = (u >= 0) & (u < rw) & (v >= 0) & (v < rh)
+        return (v[ok] * rw + u[ok]).astype(np.int32), Z[sel][ok]
 
 
 def fill_depth_holes(depth: np.ndarray, iterations: int = 1) -> np.ndarray:
