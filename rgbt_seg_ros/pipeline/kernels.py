@@ -406,33 +406,36 @@ def expand_labels(small, rows, cols, factor, lut, rgb, alpha, labels, colour, ov
     for y in range(h):
         sy = rows[y]
         if sy != prev:
-            src = small[sy]
+            row = small[sy]
+            # the run of source columns as a view of its own: indexed from 0, LLVM can drop numba's negative-index
+            # wrap-around test per element (not with an offset index, which kept these loops scalar, 16× slower)
+            src = row[c0:c0 + n_src]
             if factor == 1:
                 for x in range(w):
-                    lab_row[x] = src[c0 + x]
+                    lab_row[x] = src[x]
             elif factor == 2:
                 for m in range(n_src):
-                    v = src[c0 + m]
+                    v = src[m]
                     lab_row[2 * m] = v
                     lab_row[2 * m + 1] = v
             elif factor > 2:
                 for m in range(n_src):
-                    v = src[c0 + m]
+                    v = src[m]
                     for k in range(factor):
                         lab_row[factor * m + k] = v
             else:
                 for x in range(w):
-                    lab_row[x] = src[cols[x]]
+                    lab_row[x] = row[cols[x]]
             if want_colour or want_overlay:
                 if factor == 2:
                     # four source labels → eight output pixels → 24 bytes → three 64-bit stores from the tables
                     for q in range(n_src // 4):
-                        m = c0 + 4 * q
+                        m = 4 * q
                         words[3 * q] = part[0, 0, src[m]] | part[0, 1, src[m + 1]]
                         words[3 * q + 1] = part[1, 0, src[m + 1]] | part[1, 1, src[m + 2]]
                         words[3 * q + 2] = part[2, 0, src[m + 2]] | part[2, 1, src[m + 3]]
                     for m in range(4 * (n_src // 4), n_src):  # a source width not a multiple of 4: the rest
-                        c = src[c0 + m]
+                        c = src[m]
                         for k in range(6):
                             col_row[6 * m + k] = lut[c, k % 3]
                 else:
