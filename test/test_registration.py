@@ -270,6 +270,8 @@ def test_zbuffer_keeps_nearest_and_hole_fill_prefers_near():
     assert out[0, 0] == pytest.approx(2.0) and out[1, 1] == pytest.approx(5.0)
     filled = fill_depth_holes(np.array([[0, 3, 0], [9, 0, 9], [0, 9, 0]], np.float32), 1)
     assert filled[1, 1] == 3 and filled[0, 0] == 3 and (filled > 0).all()
+    with pytest.raises(RgbtSegError, match="too large"):  # pixel indices are int32: refused, not wrapped around
+        reg.register_depth(d, (65536, 32768))
 
 
 def test_depth_reprojection_onto_an_rgb_grid_past_2_to_the_24_pixels():

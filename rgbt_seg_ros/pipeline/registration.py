@@ -249,6 +249,8 @@ class Registrar:
             raise RgbtSegError(f"registration depth: image of shape {depth_m.shape} cannot be registered")
         rgb, dcam, ext = self._need_geometry()
         rh, rw = (int(v) for v in rgb_hw)
+        if rh * rw >= 1 << 31:  # pixel indices are int32
+            raise RgbtSegError(f"registration depth: an RGB grid of {rw}×{rh} is too large to register depth onto")
         rgb = rgb.for_size(rw, rh)
         dcam = dcam.for_size(depth_m.shape[1], depth_m.shape[0])
         ax, ay, az = self._depth_rays(dcam, ext)
