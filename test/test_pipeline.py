@@ -312,7 +312,7 @@ def test_kernels_are_compiled_when_the_pipeline_is_built_not_on_the_first_frame(
         # depth reprojection onto a pinhole and a lens RGB camera, and lens distortion in warp maps (float64)
         from rgbt_seg_ros.pipeline import CameraModel, Extrinsics
         from rgbt_seg_ros.pipeline.registration import Registrar
-        kinds = (kernels.project_radtan, kernels.depth_to_rgb_pixels, kernels.zbuffer_min)
+        kinds = (kernels.project_radtan, kernels.undistort_radtan, kernels.depth_to_rgb_pixels, kernels.zbuffer_min)
         before = [len(kernel.signatures) for kernel in kinds]
         for D in (np.zeros(5), [0.1, -0.2, 1e-3, 1e-3, 0.05]):
             cam = CameraModel(K=[[60, 0, 32], [0, 60, 24], [0, 0, 1]], D=D, width=64, height=48)

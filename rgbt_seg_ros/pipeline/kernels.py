@@ -481,6 +481,49 @@ def project_radtan(X, Y, Z, coeffs, fx, fy, cx, cy, u, v):  # pragma: no cover -
         v[i] = fy * yd + cy
 
 
+_UNDISTORT_BLOCK = 512  # pixels iterated together: their x, y, x0, y0 stay in L1 through all the iterations
+
+
+# error_model="numpy": the divisions without a zero-division branch. The iterations run over blocks of pixels
+# (innermost loop = pixels, which LLVM vectorises), each pixel the same fixed number of times: a per-pixel early exit
+# would keep it scalar.
+@njit(fastmath=_FASTMATH, nogil=True, cache=True, boundscheck=False, error_model="numpy")
+def undistort_radtan(u, v, coeffs, fx, fy, cx, cy, iterations, x_out, y_out):  # pragma: no cover - compiled
+    """Pixel (u, v) → normalised undistorted (x, y) for OpenCV's radial-tangential model, float64, one pass.
+
+    ``cv2.undistortPoints``' fixed-point iteration x ← (x₀ − Δx(x, y)) · icdist(r²), ``iterations`` times for every
+    pixel instead of until the reprojection error falls below a bound; a converged pixel stays where it is. Where
+    icdist turns negative (the model folds over, far outside the lens's calibrated field) the pixel keeps its
+    distorted coordinates, as OpenCV does. ``coeffs``: k1 k2 p1 p2 k3 k4 k5 k6; the skew is ignored, as OpenCV does.
+    """
+    k1, k2, p1, p2, k3, k4, k5, k6 = (coeffs[0], coeffs[1], coeffs[2], coeffs[3], coeffs[4], coeffs[5], coeffs[6],
+                                      coeffs[7])
+    x0 = np.empty(_UNDISTORT_BLOCK)
+    y0 = np.empty(_UNDISTORT_BLOCK)
+    folded = np.empty(_UNDISTORT_BLOCK, np.bool_)
+    for start in range(0, u.size, _UNDISTORT_BLOCK):
+        m = min(_UNDISTORT_BLOCK, u.size - start)
+        x = x_out[start:start + m]
+        y = y_out[start:start + m]
+        for i in range(m):
+            x0[i] = (np.float64(u[start + i]) - cx) / fx
+            y0[i] = (np.float64(v[start + i]) - cy) / fy
+            x[i] = x0[i]
+            y[i] = y0[i]
+            folded[i] = False
+        for _ in range(iterations):
+            for i in range(m):
+                xi, yi = x[i], y[i]
+                r2 = xi * xi + yi * yi
+                icdist = (1.0 + r2 * (k4 + r2 * (k5 + r2 * k6))) / (1.0 + r2 * (k1 + r2 * (k2 + r2 * k3)))
+                f = folded[i] | (icdist < 0.0)
+                nx = (x0[i] - (2.0 * p1 * xi * yi + p2 * (r2 + 2.0 * xi * xi))) * icdist
+                ny = (y0[i] - (p1 * (r2 + 2.0 * yi * yi) + 2.0 * p2 * xi * yi)) * icdist
+                x[i] = x0[i] if f else nx
+                y[i] = y0[i] if f else ny
+                folded[i] = f
+
+
 # No fastmath: p = z · ray + t and the pinhole projection round op by op in float32, as the numpy formulas did
 # before these kernels, so that the pixel each depth sample lands on did not change (contracting them into FMAs
 # moves a few samples across a pixel border). error_model="numpy": divisions without a branch, so it vectorises.
@@ -559,6 +602,7 @@ def compile_for(label_dtype, num_classes: int) -> None:
         depth_to_rgb_pixels(one, one, one, one, np.zeros(3, f32), np.ones(5), coeffs, 1, 1, np.empty(1, np.int32),
                             np.empty(1, f32))
     zbuffer_min(np.zeros(1, np.int32), one, np.ones(1, f32))
+    undistort_radtan(np.zeros(1), np.zeros(1), np.zeros(8), 1.0, 1.0, 0.0, 0.0, 1, np.empty(1), np.empty(1))
     for point_dtype in (f32, np.float64):  # project_points takes either; warp maps use float64
         p = np.ones(1, point_dtype)
         project_radtan(p, p, p, np.zeros(8), 1.0, 1.0, 0.0, 0.0, np.empty(1), np.empty(1))
