@@ -13,11 +13,13 @@ Two clocks are reported: wall time (what a node sees on a quiet core) and the ca
 oversubscribed machine the wall-clock median mostly measures the neighbours.
 
 ``--breakdown`` also times each building block alone on the same inputs (thread CPU, median and p95), and
+``--maps`` times the one-off build of the plane-induced warp maps for this rig (what the first pair of a geometry
+pays), into the network grid and into the RGB grid (``registered_aux``), best of three, each with a fresh ``Registrar``.
 ``--depth`` times depth reprojection with the z-buffer and hole filling (``Registrar.register_depth``) on the
 real 848×480 OpenLORIS frames in ../shared/data when present, else on a synthetic depth image of that size.
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/pipeline_overhead.py [--iters 200] [--outputs LIST ...]
-        [--breakdown] [--depth]
+        [--breakdown] [--maps] [--depth]
 
 Measured figures, with the load they were taken under: BENCHMARKS.md.
 """
@@ -84,6 +86,7 @@ def main() -> int:
     ap.add_argument("--block", type=int, default=10,
                     help="pairs per set in turn: the sets share the machine's drifts in speed (default 10)")
     ap.add_argument("--breakdown", action="store_true", help="also time each building block alone (thread CPU)")
+    ap.add_argument("--maps", action="store_true", help="also time the one-off warp-map build for this rig")
     ap.add_argument("--depth", action="store_true", help="also time depth reprojection (register_depth), 848×480")
     args = ap.parse_args()
     cv2.setNumThreads(1)
@@ -140,6 +143,8 @@ def main() -> int:
               f"{np.median(c):18.2f}{np.percentile(c, 95):8.2f}{np.median(w):13.2f}{np.percentile(w, 95):8.2f}")
     if args.breakdown:
         breakdown(pipe, rgbs, ths, rgb_cam, th_cam, ext, args.iters)
+    if args.maps:
+        maps_benchmark(pipe, rgb_cam, th_cam, ext)
     if args.depth:
         depth_benchmark(args.iters)
     return 0
@@ -183,6 +188,20 @@ def breakdown(pipe, rgbs, ths, rgb_cam, th_cam, ext, iters: int) -> None:
     for name, fn in rows:
         med, p95 = cpu_ms(fn, iters)
         print(f"  {name:<44}{med:8.2f}{p95:8.2f}")
+
+
+def maps_benchmark(pipe, rgb_cam, th_cam, ext) -> None:
+    """Wall time of building the warp maps from scratch, best of three (a fresh Registrar has no cache)."""
+    tf = pipe._transform((720, 1280))
+    for label, target in (("640×480 network grid", tf), ("1280×720 RGB grid (registered_aux)", None)):
+        times = []
+        for _ in range(3):
+            reg = Registrar(pipe.config.registration)
+            reg.set_geometry(rgb_cam, th_cam, ext)
+            t = time.perf_counter()
+            reg.warp_maps((512, 640), (720, 1280), target)
+            times.append((time.perf_counter() - t) * 1e3)
+        print(f"warp maps, {label}: {min(times):.0f} ms (best of 3)")
 
 
 def depth_benchmark(iters: int) -> None:

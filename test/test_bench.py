@@ -46,7 +46,7 @@ def test_pipeline_overhead_benchmark_measures_each_output_set(tmp_path):
     # the script behind the overhead figure: every set it is given gets its own row, from real runs
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "pipeline_overhead.py"
     out = subprocess.run([sys.executable, str(script), "--iters", "3", "--warmup", "1", "--block", "2",
-                          "--outputs", "labels", "--outputs", "labels,confidence,overlay"],
+                          "--outputs", "labels", "--outputs", "labels,confidence,overlay", "--maps"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = re.findall(r"^  (labels\S*)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out.stdout, re.M)
@@ -54,6 +54,9 @@ def test_pipeline_overhead_benchmark_measures_each_output_set(tmp_path):
     for _, cpu_med, cpu_p95, wall_med, wall_p95 in rows:
         assert 0 < float(cpu_med) <= float(cpu_p95) and 0 < float(wall_med) <= float(wall_p95)
     assert "n=3" in out.stdout and "maps built: 1" in out.stdout
+    builds = re.findall(r"^warp maps, (.+): (\d+) ms \(best of 3\)$", out.stdout, re.M)
+    assert [b[0] for b in builds] == ["640×480 network grid", "1280×720 RGB grid (registered_aux)"], out.stdout
+    assert all(int(ms) > 0 for _, ms in builds)
 
 
 @pytest.mark.slow
