@@ -88,8 +88,11 @@ def render(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, lut: np.ndarr
     if rows.size and cols.size and (rows.min() < 0 or rows.max() >= labels.shape[0] or cols.min() < 0
                                      or cols.max() >= labels.shape[1]):
         raise RgbtSegError(f"render: index maps reach outside the {labels.shape[0]}×{labels.shape[1]} labels")
-    if (want_colour or want_overlay) and labels.size and int(labels.max()) >= len(lut):
-        raise RgbtSegError(f"render: label id {int(labels.max())} is past the {len(lut)}-entry colour table")
+    if want_colour or want_overlay:
+        top = int(labels.max()) if labels.size else -1
+        if top >= len(lut):
+            raise RgbtSegError(f"render: label id {top} is past the {len(lut)}-entry colour table")
+        lut = lut[:top + 1]  # the ids present: the kernel builds its per-class colour-word tables for these only
     if want_overlay:
         if rgb is None or rgb.shape != (h, w, 3) or rgb.dtype != np.uint8:
             raise RgbtSegError(f"overlay: rgb {getattr(rgb, 'shape', None)} is not the {h}×{w}×3 uint8 output size")
