@@ -46,26 +46,31 @@ def plane_homography(K_rgb, K_aux, extrinsics: Extrinsics, distance: float, norm
     return H / H[2, 2]
 
 
+def _radtan_coeffs(cam: CameraModel) -> np.ndarray:
+    """k1 k2 p1 p2 k3 k4 k5 k6 (float64) as the numba lens kernels take them: plumb_bob leaves k4..k6 at 0."""
+    coeffs = np.zeros(8)
+    coeffs[:cam.D.size] = cam.D
+    return coeffs
+
+
 def undistort_pixels(cam: CameraModel, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates → normalised image coordinates (x, y) with z = 1, lens distortion removed."""
-    pts = np.stack([u.reshape(-1), v.reshape(-1)], axis=1).astype(np.float64)[:, None, :]
+    uf = np.ascontiguousarray(u, np.float64).reshape(-1)
+    vf = np.ascontiguousarray(v, np.float64).reshape(-1)
+    K = cam.K
     if not cam.has_distortion:
-        K = cam.K
-        y = (pts[:, 0, 1] - K[1, 2]) / K[1, 1]
-        x = (pts[:, 0, 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
+        y = (vf - K[1, 2]) / K[1, 1]
+        x = (uf - K[0, 2] - K[0, 1] * y) / K[0, 0]
         return x.reshape(u.shape), y.reshape(u.shape)
     if cam.distortion_model == "equidistant":
-        out = cv2.fisheye.undistortPoints(pts, cam.K, cam.D)
+        out = cv2.fisheye.undistortPoints(np.stack([uf, vf], axis=1)[:, None, :], cam.K, cam.D)
         return out[:, 0, 0].reshape(u.shape), out[:, 0, 1].reshape(u.shape)
     # cv2.undistortPoints' iteration, 50 times for every pixel (cv2's default of 5 is too few for thermal lenses
     # with k1 ≈ −0.4 near the corners), vectorised: within 2e-10 px of cv2 run to 50 iterations or 1e-10 px, at
     # 1/6 of its time (a 1280×720 grid: 79 ms instead of 474 ms); the first pair of a geometry pays this
-    coeffs = np.zeros(8)
-    coeffs[:cam.D.size] = cam.D  # plumb_bob: k1 k2 p1 p2 k3; rational_polynomial adds k4 k5 k6
-    K = cam.K
-    x, y = np.empty(pts.shape[0]), np.empty(pts.shape[0])
-    undistort_radtan(pts[:, 0, 0].copy(), pts[:, 0, 1].copy(), coeffs, float(K[0, 0]), float(K[1, 1]),
-                     float(K[0, 2]), float(K[1, 2]), _UNDISTORT_ITERATIONS, x, y)
+    x, y = np.empty(uf.size), np.empty(uf.size)
+    undistort_radtan(uf, vf, _radtan_coeffs(cam), float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]),
+                     _UNDISTORT_ITERATIONS, x, y)
     return x.reshape(u.shape), y.reshape(u.shape)
 
 
@@ -87,11 +92,9 @@ def project_points(cam: CameraModel, X: np.ndarray, Y: np.ndarray, Z: np.ndarray
         return img[:, 0, 0].reshape(X.shape), img[:, 0, 1].reshape(X.shape)
     shape, dtype = np.shape(X), np.result_type(X, Y, Z, np.float32)
     X, Y, Z = (np.ascontiguousarray(a, dtype).reshape(-1) for a in (X, Y, Z))
-    coeffs = np.zeros(8)
-    coeffs[:cam.D.size] = cam.D  # plumb_bob: k1 k2 p1 p2 k3; rational_polynomial adds k4 k5 k6
     # float64 results, as cv2 gives: depth reprojection rounds them to pixels, and float32 would move a few
     u, v = np.empty(X.size), np.empty(X.size)
-    project_radtan(X, Y, Z, coeffs, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), u, v)
+    project_radtan(X, Y, Z, _radtan_coeffs(cam), float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), u, v)
     return u.reshape(shape), v.reshape(shape)
 
 
@@ -265,9 +268,7 @@ class Registrar:
         else:
             # one pass: p_rgb = z · (R · ray) + t, projected and rounded to the RGB pixel it lands on (or −1)
             K = rgb.K
-            coeffs = np.zeros(8 if rgb.has_distortion else 0)  # none: the pinhole
-            if rgb.has_distortion:
-                coeffs[:rgb.D.size] = rgb.D  # plumb_bob: k1 k2 p1 p2 k3; rational_polynomial adds k4 k5 k6
+            coeffs = _radtan_coeffs(rgb) if rgb.has_distortion else np.zeros(0)  # none: the pinhole
             index, z_rgb = np.empty(z.size, np.int32), np.empty(z.size, np.float32)
             depth_to_rgb_pixels(z, ax.reshape(-1), ay.reshape(-1), az.reshape(-1), t,
                                 np.array([K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2]], np.float64), coeffs, rw, rh,
