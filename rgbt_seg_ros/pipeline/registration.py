@@ -268,11 +268,10 @@ class Registrar:
         else:
             # one pass: p_rgb = z · (R · ray) + t, projected and rounded to the RGB pixel it lands on (or −1)
             K = rgb.K
-            coeffs = _radtan_coeffs(rgb) if rgb.has_distortion else np.zeros(0)  # none: the pinhole
             index, z_rgb = np.empty(z.size, np.int32), np.empty(z.size, np.float32)
             depth_to_rgb_pixels(z, ax.reshape(-1), ay.reshape(-1), az.reshape(-1), t,
-                                np.array([K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2]], np.float64), coeffs, rw, rh,
-                                index, z_rgb)
+                                np.array([K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2]], np.float64),
+                                _radtan_coeffs(rgb), rw, rh, index, z_rgb)  # all-zero coefficients: the pinhole
         # z-buffer: the nearest surface wins where several depth pixels land on one RGB pixel; +inf = nothing landed
         out = np.full(rh * rw, np.inf, np.float32)
         zbuffer_min(index, z_rgb, out)
