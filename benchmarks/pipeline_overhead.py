@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -106,6 +107,7 @@ def main() -> int:
     rgbs = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(4)]
     ths = [rng.integers(20000, 30000, (512, 640), dtype=np.uint16) for _ in range(4)]
     sets = [frozenset(o.strip() for o in spec.split(",") if o.strip()) for spec in (args.outputs or DEFAULT_SETS)]
+    print(machine_line())
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.iters} pairs per output set, "
           f"in turns of {args.block}")
     stats = [LatencyStats() for _ in sets]
@@ -150,6 +152,30 @@ def main() -> int:
     return 0
 
 
+def machine_line() -> str:
+    """The CPU these figures belong to, and how fast it runs plain Python right now.
+
+    The development machines are shared VMs whose host, and speed, change from one day to the next: a figure
+    without its CPU (and LLVM's name for it, which decides the kernels' machine code) cannot be compared.
+    """
+    from llvmlite import binding as llvm
+
+    model = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        model = f"{info['model name'].strip()}, family {info['cpu family'].strip()} model {info['model'].strip()}"
+    except (OSError, KeyError):
+        pass  # not Linux: the platform's name is all there is
+    t = time.perf_counter()
+    total = 0
+    for i in range(10 ** 6):
+        total += i
+    loop_ms = (time.perf_counter() - t) * 1e3
+    return (f"CPU {model} (LLVM: {llvm.get_host_cpu_name()}); a pure-Python loop of 10^6 additions took "
+            f"{loop_ms:.0f} ms")
+
+
 def cpu_ms(fn, iters: int) -> tuple[float, float]:
     """Median and p95 thread CPU (ms) of ``fn(i)``."""
     ts = []
@@ -179,7 +205,7 @@ def breakdown(pipe, rgbs, ths, rgb_cam, th_cam, ext, iters: int) -> None:
         ("thermal scale", lambda i: scale_into(warped, lo, hi, 0.5, 0.25)),
         ("labels+confidence", lambda i: logits_to_labels(logits[i % 4])),
         ("labels only", lambda i: logits_to_labels(logits[i % 4], need_confidence=False)),
-        ("confidence upsample", lambda i: tf.inverse(conf_s, "linear")),
+        ("confidence upsample + clip", lambda i: tf.inverse_clipped(conf_s)),
         ("render labels", lambda i: render(labels_s, *maps, pipe._lut, rgbs[i % 4], alpha, True, False, False)),
         ("render labels+colour", lambda i: render(labels_s, *maps, pipe._lut, rgbs[i % 4], alpha, True, True, False)),
         ("render labels+colour+overlay", lambda i: render(labels_s, *maps, pipe._lut, rgbs[i % 4], alpha, True, True, True)),
