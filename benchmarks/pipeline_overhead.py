@@ -163,8 +163,9 @@ def machine_line() -> str:
     model = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-        model = f"{info['model name'].strip()}, family {info['cpu family'].strip()} model {info['model'].strip()}"
+            info = {key.strip(): value.strip() for key, _, value in
+                    (line.partition(":") for line in f.read().split("\n\n")[0].splitlines())}
+        model = f"{info['model name']}, family {info['cpu family']} model {info['model']}"
     except (OSError, KeyError):
         pass  # not Linux: the platform's name is all there is
     t = time.perf_counter()
