@@ -46,6 +46,7 @@ from rgbt_seg_ros.pipeline.normalize import scale_into, value_range  # noqa: E40
 from rgbt_seg_ros.pipeline.postprocess import logits_to_labels, render  # noqa: E402
 from rgbt_seg_ros.pipeline.registration import Registrar  # noqa: E402
 from rgbt_seg_ros.pipeline.resize import preprocess_rgb  # noqa: E402
+from rgbt_seg_ros.tools.bench import cpu_info  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -160,14 +161,11 @@ def machine_line() -> str:
     """
     from llvmlite import binding as llvm
 
-    model = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = {key.strip(): value.strip() for key, _, value in
-                    (line.partition(":") for line in f.read().split("\n\n")[0].splitlines())}
+    info = cpu_info()
+    if {"model name", "cpu family", "model"} <= info.keys():
         model = f"{info['model name']}, family {info['cpu family']} model {info['model']}"
-    except (OSError, KeyError):
-        pass  # not Linux: the platform's name is all there is
+    else:
+        model = platform.processor() or "?"  # not Linux: the platform's name is all there is
     t = time.perf_counter()
     total = 0
     for i in range(10 ** 6):

@@ -98,6 +98,16 @@ def _row_md(r: dict) -> str:
             f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['fps']:.1f} |")
 
 
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", "model", ...); {} off Linux."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            first = f.read().split("\n\n")[0]
+    except OSError:
+        return {}
+    return {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
+
+
 def machine_description(device: str) -> str:
     import torch
 
@@ -105,12 +115,8 @@ def machine_description(device: str) -> str:
         return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
     import os
 
-    name = platform.processor() or platform.machine()
-    try:  # Linux: the CPU's marketing name, which platform.processor() leaves empty
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    # Linux: the CPU's marketing name, which platform.processor() leaves empty
+    name = cpu_info().get("model name") or platform.processor() or platform.machine()
     return f"CPU {name}, {os.cpu_count()} logical cores, torch {torch.__version__}"
 
 
